@@ -1,0 +1,226 @@
+"""Classifier factory: torchvision names, timm names, the digit-scenes network, or a user callable.
+
+Every classifier is returned as a :class:`ClassifierNet` with three parts, ``features`` (image to a
+feature map), ``pool`` and ``head`` (pooled features to logits). Attribution methods find their default
+layers from this split (Grad-CAM on the last feature block) and the part-prototype heads need it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+
+class ClassifierNet(nn.Module):
+    """A classifier split into ``features -> pool -> head``.
+
+    Args:
+        features: maps ``[B, 3, H, W]`` images to ``[B, D, h, w]`` feature maps; ``None`` for an opaque
+            user model, which is then the ``head`` and takes images directly.
+        head: maps pooled (flattened) features to ``[B, C]`` logits.
+        pool: pooling between the two (global average by default).
+        name: the factory name it was built from.
+        flatten: flatten the pooled features before the head (False for heads that pool themselves).
+    """
+
+    def __init__(self, features: nn.Module | None, head: nn.Module, pool: nn.Module | None = None,
+                 name: str = "", flatten: bool = True) -> None:
+        super().__init__()
+        self.features = features
+        self.pool = pool if pool is not None else nn.AdaptiveAvgPool2d(1)
+        self.head = head
+        self.name = name
+        self.flatten = flatten
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """The feature map before pooling (``[B, D, h, w]``)."""
+        if self.features is None:
+            raise AttributeError(f"classifier '{self.name}' is opaque: it has no separate feature extractor")
+        return self.features(x)
+
+    def forward_head(self, feats: Tensor) -> Tensor:
+        """Logits from a feature map."""
+        feats = self.pool(feats)
+        return self.head(torch.flatten(feats, 1) if self.flatten else feats)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.features is None:
+            return self.head(x)
+        return self.forward_head(self.features(x))
+
+    @property
+    def num_classes(self) -> int:
+        """The number of outputs of the last linear layer."""
+        linears = [m for m in self.head.modules() if isinstance(m, nn.Linear)]
+        if not linears:
+            raise AttributeError(f"cannot tell the class count of classifier '{self.name}'")
+        return linears[-1].out_features
+
+
+def _conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+    )
+
+
+def digitnet(num_classes: int, width: int = 32) -> ClassifierNet:
+    """The small CNN of the digit-scenes quickstart: 6 conv-BN-ReLU layers, stride 8, ReLU features.
+
+    At 64 px it gives an 8x8 map of ``4 * width`` non-negative features, globally average-pooled into a
+    linear head (the form the part-prototype heads need).
+
+    Args:
+        num_classes: outputs of the linear head.
+        width: channels of the first stage (doubled at each of the two later downsamplings).
+    """
+    w = width
+    features = nn.Sequential(
+        _conv_bn_relu(3, w, stride=2), _conv_bn_relu(w, w),
+        _conv_bn_relu(w, 2 * w, stride=2), _conv_bn_relu(2 * w, 2 * w),
+        _conv_bn_relu(2 * w, 4 * w, stride=2), _conv_bn_relu(4 * w, 4 * w),
+    )
+    return ClassifierNet(features, nn.Linear(4 * w, num_classes), name="digitnet")
+
+
+def _replace_last_linear(seq: nn.Sequential, num_classes: int) -> nn.Sequential:
+    layers = list(seq.children())
+    idx = max(i for i, m in enumerate(layers) if isinstance(m, nn.Linear))
+    layers[idx] = nn.Linear(layers[idx].in_features, num_classes)
+    return nn.Sequential(*layers)
+
+
+def _from_torchvision(name: str, num_classes: int, weights: str | None) -> ClassifierNet:
+    import torchvision
+
+    model = torchvision.models.get_model(name, weights=weights)
+    if hasattr(model, "fc") and hasattr(model, "layer4"):  # resnet, resnext, wide_resnet
+        features = nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool,
+                                 model.layer1, model.layer2, model.layer3, model.layer4)
+        return ClassifierNet(features, nn.Linear(model.fc.in_features, num_classes), model.avgpool, name)
+    if name.startswith(("vgg", "alexnet")):  # the paper's head: 7x7 pooled features, 25088-4096-4096-C
+        return ClassifierNet(model.features, _replace_last_linear(model.classifier, num_classes), model.avgpool, name)
+    if name.startswith("densenet"):
+        features = nn.Sequential(model.features, nn.ReLU(inplace=False))
+        return ClassifierNet(features, nn.Linear(model.classifier.in_features, num_classes), None, name)
+    if name.startswith(("mobilenet", "efficientnet", "convnext", "regnet", "mnasnet")):
+        if hasattr(model, "trunk_output"):  # regnet
+            features = nn.Sequential(model.stem, model.trunk_output)
+            return ClassifierNet(features, nn.Linear(model.fc.in_features, num_classes), model.avgpool, name)
+        pool = getattr(model, "avgpool", None)
+        head = model.classifier if isinstance(model.classifier, nn.Sequential) else nn.Sequential(model.classifier)
+        if name.startswith("mnasnet"):
+            model.features = nn.Sequential(model.layers)
+            pool = nn.AdaptiveAvgPool2d(1)
+        return ClassifierNet(model.features, _replace_last_linear(head, num_classes), pool, name)
+    raise ValueError(
+        f"torchvision model '{name}' has no adapter here; supported families: resnet/resnext/wide_resnet, "
+        "vgg, alexnet, densenet, mobilenet, efficientnet, convnext, regnet, mnasnet. For another model pass "
+        "a callable as 'package.module:factory'."
+    )
+
+
+class _TimmFeatures(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model.forward_features(x)
+
+
+class _TimmHead(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model.forward_head(x)
+
+
+def _from_timm(name: str, num_classes: int) -> ClassifierNet:
+    import timm
+
+    model = timm.create_model(name, pretrained=False, num_classes=num_classes)
+    # timm pools inside forward_head
+    return ClassifierNet(_TimmFeatures(model), _TimmHead(model), nn.Identity(), name=f"timm/{name}", flatten=False)
+
+
+def _from_callable(spec: str, num_classes: int) -> ClassifierNet:
+    module_name, _, attr = spec.partition(":")
+    try:
+        factory: Callable[..., nn.Module] = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"cannot import classifier factory '{spec}': {err}") from err
+    model = factory(num_classes=num_classes)
+    if isinstance(model, ClassifierNet):
+        return model
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"classifier factory '{spec}' returned {type(model).__name__}, not an nn.Module")
+    if hasattr(model, "features") and hasattr(model, "head"):
+        return ClassifierNet(model.features, model.head, getattr(model, "pool", None), name=spec)
+    return ClassifierNet(None, model, None, name=spec)
+
+
+def build_classifier(name: str, num_classes: int, weights: str | None = None) -> ClassifierNet:
+    """Builds a classifier with a fresh ``num_classes`` head.
+
+    Args:
+        name: ``digitnet``; a torchvision model name (``resnet18``, ``resnet50``, ``vgg16``, ...); a timm
+            name (``timm/<name>``, or a bare name torchvision does not know, when timm is installed); or a
+            user callable ``package.module:factory`` that takes ``num_classes`` and returns an nn.Module.
+        num_classes: outputs of the head.
+        weights: backbone weights: a torchvision weights name (``IMAGENET1K_V1``, needs the internet once)
+            or the path of a state dict (``.pt`` / ``.pth`` / ``.safetensors``) loaded non-strictly, so a
+            backbone-only file fits.
+
+    Returns:
+        The classifier.
+    """
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    path_weights = weights is not None and Path(weights).suffix in (".pt", ".pth", ".safetensors", ".bin")
+    if name == "digitnet":
+        net = digitnet(num_classes)
+    elif ":" in name:
+        net = _from_callable(name, num_classes)
+    elif name.startswith("timm/"):
+        net = _from_timm(name[5:], num_classes)
+    else:
+        import torchvision
+
+        if name in torchvision.models.list_models(module=torchvision.models):
+            net = _from_torchvision(name, num_classes, None if path_weights else weights)
+        elif importlib.util.find_spec("timm") is not None:
+            net = _from_timm(name, num_classes)
+        else:
+            raise ValueError(
+                f"unknown classifier '{name}': not 'digitnet', not a torchvision classification model "
+                "(see torchvision.models.list_models()), and timm is not installed for timm names"
+            )
+    if path_weights:
+        load_backbone_weights(net, weights)
+    return net
+
+
+def load_backbone_weights(net: nn.Module, path: str | Path) -> None:
+    """Loads a state dict file into ``net`` non-strictly, refusing one that matches no parameter."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state) if isinstance(state, dict) else state
+    own = net.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not usable:
+        raise ValueError(f"no tensor of {path} matches the classifier's parameters by name and shape")
+    net.load_state_dict(usable, strict=False)

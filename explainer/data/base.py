@@ -1,0 +1,98 @@
+"""The base class of every data module: class list, normalisation and loaders in one place."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from explainer.data.batch import Batch, collate
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ExplainerDataModule(pl.LightningDataModule):
+    """Common behaviour of the project's data modules.
+
+    Subclasses fill ``self.datasets`` (keys ``train``, ``val``, ``test``) in ``setup`` and define
+    ``class_names``. Every loader yields :class:`~explainer.data.batch.Batch`.
+
+    Args:
+        batch_size: images per batch.
+        num_workers: loader worker processes (0 loads in the main process).
+        pin_memory: pin host memory; ``None`` pins when CUDA is available.
+        mean: per-channel normalisation mean (images are normalised with it, so 0 is the mean colour).
+        std: per-channel normalisation standard deviation.
+    """
+
+    def __init__(
+        self,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        pin_memory: bool | None = None,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if len(mean) != 3 or len(std) != 3:
+            raise ValueError(f"mean and std need 3 values (RGB), got mean={mean!r}, std={std!r}")
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        self.datasets: dict[str, Dataset] = {}
+
+    # -- what every data module tells the models -------------------------------------------------------
+    @property
+    def class_names(self) -> list[str]:
+        """The class names, in label-index order."""
+        raise NotImplementedError
+
+    @property
+    def num_classes(self) -> int:
+        """The number of classes (the width of ``Batch.labels``)."""
+        return len(self.class_names)
+
+    def denormalize(self, image: torch.Tensor) -> torch.Tensor:
+        """Maps normalised images ``[..., 3, H, W]`` back to ``[0, 1]`` RGB."""
+        mean = torch.tensor(self.mean, device=image.device).view(3, 1, 1)
+        std = torch.tensor(self.std, device=image.device).view(3, 1, 1)
+        return (image * std + mean).clamp(0, 1)
+
+    # -- loaders -----------------------------------------------------------------------------------------
+    def _dataset(self, split: str) -> Dataset:
+        if split not in self.datasets:
+            self.setup("fit" if split in ("train", "val") else "test")
+        if split not in self.datasets:
+            raise RuntimeError(f"{type(self).__name__} has no '{split}' split")
+        return self.datasets[split]
+
+    def _loader(self, split: str, shuffle: bool = False) -> DataLoader[Batch]:
+        return DataLoader(
+            self._dataset(split),
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+            collate_fn=collate,
+            drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader[Batch]:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader[Batch]:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader[Batch]:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader[Batch]:
+        return self._loader("test")

@@ -1,0 +1,5 @@
+"""LightningModules of the project."""
+
+from explainer.modules.classifier import ClassifierModule
+
+__all__ = ["ClassifierModule"]

@@ -1,0 +1,105 @@
+"""ClassifierModule: trains the multi-label classifier that is later explained (the Explanandum)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MultilabelAveragePrecision, MultilabelF1Score
+
+from explainer.classifiers.factory import build_classifier
+from explainer.data.batch import Batch
+
+
+class ClassifierModule(pl.LightningModule):
+    """Multi-label classification with BCE-with-logits, Adam, and mAP / F1 on validation and test.
+
+    Args:
+        backbone: a factory name (``digitnet``, ``resnet18``, ``resnet50``, ``vgg16``, a timm name, or
+            ``package.module:factory``); see :func:`explainer.classifiers.build_classifier`.
+        num_classes: number of classes (linked from the data module by ``train.py``).
+        class_names: class names (linked from the data module), stored for later stages.
+        weights: backbone weights, a torchvision weights name or a state-dict file.
+        freeze_backbone: train the head only (the paper's protocol) instead of everything.
+        lr: Adam learning rate.
+        weight_decay: Adam weight decay.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "resnet18",
+        num_classes: int = 10,
+        class_names: list[str] | None = None,
+        weights: str | None = None,
+        freeze_backbone: bool = False,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"{len(class_names)} class names given for num_classes={num_classes}")
+        self.save_hyperparameters()
+        self.net = build_classifier(backbone, num_classes, weights)
+        if freeze_backbone:
+            if self.net.features is None:
+                raise ValueError(f"cannot freeze the backbone of opaque classifier '{backbone}'")
+            self.net.features.requires_grad_(False)
+        metrics = MetricCollection({
+            "mAP": MultilabelAveragePrecision(num_labels=num_classes, average="macro"),
+            "F1": MultilabelF1Score(num_labels=num_classes, average="macro"),
+        })
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+
+    def train(self, mode: bool = True) -> ClassifierModule:
+        super().train(mode)
+        if self.hparams.freeze_backbone and self.net.features is not None:
+            self.net.features.eval()  # a frozen backbone keeps its BatchNorm statistics
+        return self
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, C]``."""
+        return self.net(images)
+
+    def _step(self, batch: Batch, stage: str) -> torch.Tensor:
+        logits = self(batch.image)
+        if logits.shape != batch.labels.shape:
+            raise ValueError(
+                f"the classifier gives logits of shape {tuple(logits.shape)} for labels of shape "
+                f"{tuple(batch.labels.shape)}: class-count mismatch between the model "
+                f"({logits.shape[-1]}) and the data module ({batch.labels.shape[-1]})"
+            )
+        loss = F.binary_cross_entropy_with_logits(logits, batch.labels)
+        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=len(batch), sync_dist=stage != "train")
+        if stage != "train":
+            metrics = self.val_metrics if stage == "val" else self.test_metrics
+            metrics.update(logits.detach(), batch.labels.long())
+            self.log_dict(metrics, prog_bar=stage == "val", batch_size=len(batch))
+        return loss
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def predict_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        return torch.sigmoid(self(batch.image))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        params = [p for p in self.parameters() if p.requires_grad]
+        return torch.optim.Adam(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        stored = checkpoint.get("hyper_parameters", {}).get("num_classes")
+        if stored is not None and int(stored) != int(self.hparams.num_classes):
+            raise ValueError(
+                f"class-count mismatch: the checkpoint's classifier has {stored} classes but this run's data "
+                f"module has {self.hparams.num_classes}"
+            )
