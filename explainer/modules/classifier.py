@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
@@ -24,8 +24,9 @@ class ClassifierModule(pl.LightningModule):
         class_names: class names (linked from the data module), stored for later stages.
         weights: backbone weights, a torchvision weights name or a state-dict file.
         freeze_backbone: train the head only (the paper's protocol) instead of everything.
-        lr: Adam learning rate.
+        lr: Adam learning rate (the peak rate with ``scheduler="onecycle"``).
         weight_decay: Adam weight decay.
+        scheduler: ``none`` (the paper's constant rate), ``onecycle`` or ``cosine`` over the whole run.
     """
 
     def __init__(
@@ -37,6 +38,7 @@ class ClassifierModule(pl.LightningModule):
         freeze_backbone: bool = False,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
+        scheduler: Literal["none", "onecycle", "cosine"] = "none",
     ) -> None:
         super().__init__()
         if class_names is not None and len(class_names) != num_classes:
@@ -92,9 +94,17 @@ class ClassifierModule(pl.LightningModule):
     def predict_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         return torch.sigmoid(self(batch.image))
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self) -> Any:
         params = [p for p in self.parameters() if p.requires_grad]
-        return torch.optim.Adam(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        optimizer = torch.optim.Adam(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        if self.hparams.scheduler == "none":
+            return optimizer
+        steps = max(1, int(self.trainer.estimated_stepping_batches))
+        if self.hparams.scheduler == "onecycle":
+            scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=self.hparams.lr, total_steps=steps)
+        else:
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         stored = checkpoint.get("hyper_parameters", {}).get("num_classes")
