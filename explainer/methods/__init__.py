@@ -1,0 +1,21 @@
+"""Attribution methods behind one interface: ``attribute(images, classes) -> maps[B, K, H, W]``."""
+
+from explainer.methods.base import (
+    AttributionMethod,
+    available_methods,
+    build_method,
+    check_classes,
+    gather_classes,
+    present_classes,
+    register_method,
+)
+
+__all__ = [
+    "AttributionMethod",
+    "available_methods",
+    "build_method",
+    "check_classes",
+    "gather_classes",
+    "present_classes",
+    "register_method",
+]
