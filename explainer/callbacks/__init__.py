@@ -1,0 +1,6 @@
+"""Callbacks: attribution metrics during validation/test, image panels, export."""
+
+from explainer.callbacks.explainer import ExplainerMetrics, ExportExplainer, MaskPanel
+from explainer.callbacks.images import PredictionPanel, log_figure
+
+__all__ = ["ExplainerMetrics", "ExportExplainer", "MaskPanel", "PredictionPanel", "log_figure"]

@@ -1,5 +1,6 @@
 """LightningModules of the project."""
 
 from explainer.modules.classifier import ClassifierModule
+from explainer.modules.explainer import ExplainerModule
 
-__all__ = ["ClassifierModule"]
+__all__ = ["ClassifierModule", "ExplainerModule"]

@@ -1,0 +1,233 @@
+"""Exporting a trained Explainer and loading it anywhere.
+
+An export is a folder::
+
+    model.safetensors   the mask network's weights (nothing else: no classifier, no optimiser)
+    config.json         class names, normalisation, input size, network spec, classifier reference + hash,
+                        fill and target settings, library version
+    examples.png        example masks (when example images were given)
+    model.ts            optional TorchScript of the mask network
+
+``load(folder)`` rebuilds it; ``explain(images, classes=None)`` gives per-class masks in one forward pass.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+import explainer
+from explainer.checkpoint import read_checkpoint
+from explainer.nets.masknets import build_mask_net
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+FORMAT = "explainer-export/1"
+
+
+def export_explainer(
+    module: Any,
+    folder: str | Path,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+    input_size: tuple[int, int] | None = None,
+    example_images: Tensor | None = None,
+    torchscript: bool = False,
+    overwrite: bool = False,
+) -> Path:
+    """Writes an :class:`~explainer.modules.explainer.ExplainerModule` to ``folder``.
+
+    Args:
+        module: the trained module.
+        folder: the export folder (created).
+        mean: normalisation mean of the images the Explainer expects (default: the module's).
+        std: normalisation standard deviation.
+        input_size: ``(H, W)`` the Explainer was trained at.
+        example_images: a few normalised images for ``examples.png``.
+        torchscript: also write ``model.ts`` (a traced TorchScript module; needs ``example_images`` or
+            ``input_size``).
+        overwrite: replace an existing export; without it an existing ``config.json`` is an error.
+
+    Returns:
+        The folder.
+    """
+    folder = Path(folder)
+    if (folder / CONFIG_NAME).exists() and not overwrite:
+        raise FileExistsError(f"{folder / CONFIG_NAME} exists; pass overwrite=True or choose another folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    hp = module.hparams
+    net = module.mask_net
+    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    config = {
+        "format": FORMAT,
+        "library_version": explainer.__version__,
+        "class_names": list(module.class_names),
+        "num_classes": int(hp.num_classes),
+        "mask_net": {"name": hp.mask_net, "kwargs": dict(hp.mask_net_kwargs or {})},
+        "normalization": {
+            "mean": list(mean if mean is not None else module.norm_mean.flatten().tolist()),
+            "std": list(std if std is not None else module.norm_std.flatten().tolist()),
+        },
+        "input_size": list(input_size) if input_size is not None else None,
+        "classifier": {"reference": str(hp.classifier), "sha256": module.classifier.content_hash},
+        "targets": hp.targets,
+        "fill": hp.fill,
+        "loss_weights": {k: float(getattr(hp, k)) for k in
+                         ("entropy", "tv", "class_area", "target_area", "nontarget_area", "min_area", "max_area")},
+    }
+    save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": FORMAT})
+    (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2))
+    loaded = load(folder)
+    if example_images is not None:
+        save_example_masks(loaded, example_images, folder / "examples.png")
+    if torchscript:
+        size = tuple(example_images.shape[-2:]) if example_images is not None else tuple(input_size or (224, 224))
+        sample = torch.zeros(1, 3, *size)
+        with torch.no_grad():
+            traced = torch.jit.trace(loaded.net.eval(), sample)
+        traced.save(str(folder / "model.ts"))
+    return folder
+
+
+class LoadedExplainer(nn.Module):
+    """An exported Explainer: the mask network and its config.
+
+    Args:
+        net: the mask network.
+        config: the export's ``config.json`` content.
+    """
+
+    def __init__(self, net: nn.Module, config: dict[str, Any]) -> None:
+        super().__init__()
+        self.net = net.eval()
+        self.config = config
+        self.class_names: list[str] = list(config["class_names"])
+        self.mean = tuple(config["normalization"]["mean"])
+        self.std = tuple(config["normalization"]["std"])
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Mask logits ``[B, C, H, W]`` of normalised images."""
+        return self.net(images)
+
+    @torch.no_grad()
+    def explain(self, images: Tensor, classes: Tensor | list[int] | list[str] | None = None) -> Tensor:
+        """Per-class masks in ``[0, 1]`` from one forward pass.
+
+        Args:
+            images: ``[B, 3, H, W]`` normalised images (see ``mean`` / ``std``), or one ``[3, H, W]`` image.
+            classes: ``None`` for every class (``[B, C, H, W]``); a list of class indices or names shared by
+                all images (``[B, K, H, W]``); or a ``[B, K]`` index tensor (``-1`` gives a zero mask).
+
+        Returns:
+            The masks.
+        """
+        if images.ndim == 3:
+            images = images.unsqueeze(0)
+        was_training = self.net.training
+        self.net.eval()
+        masks = torch.sigmoid(self.net(images))
+        self.net.train(was_training)
+        if classes is None:
+            return masks
+        if not isinstance(classes, Tensor):
+            idx = [self.class_names.index(c) if isinstance(c, str) else int(c) for c in classes]
+            classes = torch.tensor(idx, device=masks.device).expand(masks.shape[0], -1)
+        from explainer.methods.base import gather_classes
+
+        return gather_classes(masks, classes.to(masks.device).long())
+
+
+def _read_config(folder: Path) -> dict[str, Any]:
+    path = folder / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"'{folder}' is not an Explainer export: no {CONFIG_NAME} (export with "
+            "explainer.export.export_explainer or a training run with the ExportExplainer callback)"
+        )
+    config = json.loads(path.read_text())
+    if config.get("format") != FORMAT:
+        raise ValueError(f"{path} has format {config.get('format')!r}; this library reads {FORMAT!r}")
+    return config
+
+
+def load(path: str | Path, map_location: str | torch.device = "cpu") -> LoadedExplainer:
+    """Loads an exported Explainer folder (or an ``ExplainerModule`` checkpoint file).
+
+    Args:
+        path: the export folder, or a ``.ckpt`` of an ``ExplainerModule`` (no classifier needed).
+        map_location: the device to load onto.
+
+    Returns:
+        The explainer, in eval mode.
+    """
+    path = Path(path)
+    if path.is_dir():
+        config = _read_config(path)
+        net = build_mask_net(config["mask_net"]["name"], config["num_classes"], **config["mask_net"]["kwargs"])
+        net.load_state_dict(load_file(str(path / WEIGHTS_NAME)))
+        return LoadedExplainer(net, config).to(map_location)
+    state, class_names, spec, hp = _checkpoint_mask_net(path)
+    net = build_mask_net(spec["name"], len(class_names), **spec["kwargs"])
+    net.load_state_dict(state)
+    config = {
+        "format": FORMAT, "class_names": class_names, "num_classes": len(class_names), "mask_net": spec,
+        "normalization": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+        "classifier": {"reference": hp.get("classifier"), "sha256": hp.get("classifier_hash")},
+        "targets": hp.get("targets", "labels"), "fill": hp.get("fill", "mean"),
+    }
+    return LoadedExplainer(net, config).to(map_location)
+
+
+def _checkpoint_mask_net(path: Path) -> tuple[dict[str, Tensor], list[str], dict[str, Any], dict[str, Any]]:
+    ckpt = read_checkpoint(path)
+    hp = ckpt.get("hyper_parameters", {})
+    if "mask_net" not in hp:
+        raise ValueError(f"'{path}' is not an ExplainerModule checkpoint (no 'mask_net' hyper-parameter)")
+    prefix = "mask_net."
+    state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    names = hp.get("class_names") or [str(i) for i in range(int(hp["num_classes"]))]
+    return state, list(names), {"name": hp["mask_net"], "kwargs": dict(hp.get("mask_net_kwargs") or {})}, hp
+
+
+def read_mask_net_state(source: str | Path) -> tuple[dict[str, Tensor], list[str], dict[str, Any]]:
+    """The mask-network state, class names and network spec of an export folder or a checkpoint."""
+    source = Path(source)
+    if source.is_dir():
+        config = _read_config(source)
+        return load_file(str(source / WEIGHTS_NAME)), list(config["class_names"]), config["mask_net"]
+    state, names, spec, _ = _checkpoint_mask_net(source)
+    return state, names, spec
+
+
+def save_example_masks(model: LoadedExplainer, images: Tensor, path: str | Path, max_images: int = 6) -> Path:
+    """A PNG grid: each image, then its masks for the classes the Explainer finds most present."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from explainer.callbacks.images import save_figure
+
+    images = images[:max_images].cpu()
+    masks = model.cpu().explain(images)
+    mean = torch.tensor(model.mean).view(1, 3, 1, 1)
+    std = torch.tensor(model.std).view(1, 3, 1, 1)
+    rgb = (images * std + mean).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    shown = 3
+    top = masks.flatten(2).amax(2).topk(min(shown, masks.shape[1]), dim=1).indices
+    fig, axes = plt.subplots(len(rgb), shown + 1, figsize=(1.6 * (shown + 1), 1.6 * len(rgb)), squeeze=False)
+    for i in range(len(rgb)):
+        axes[i, 0].imshow(rgb[i])
+        axes[i, 0].set_title("image", fontsize=7)
+        for j, cls in enumerate(top[i].tolist()):
+            axes[i, j + 1].imshow(rgb[i])
+            axes[i, j + 1].imshow(masks[i, cls].numpy(), cmap="jet", alpha=0.5, vmin=0, vmax=1)
+            axes[i, j + 1].set_title(f"mask '{model.class_names[cls]}'", fontsize=7)
+    for ax in axes.flat:
+        ax.axis("off")
+    return save_figure(fig, path)

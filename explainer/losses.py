@@ -1,0 +1,125 @@
+"""The Explainer's loss terms (Stalder et al., 2022), as pure, vectorised functions.
+
+Notation: ``S`` are the mask network's logits ``[B, C, H, W]``, ``y`` the multi-hot targets ``[B, C]``.
+The target mask is ``m = sigmoid(max_{c present} S_c)`` and the non-target mask
+``n = sigmoid(max_{c absent} S_c)`` (max over logits, then sigmoid). An image without present (absent)
+classes has an all-zero target (non-target) mask.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def target_masks(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """The target and non-target masks ``[B, 1, H, W]`` from mask logits and multi-hot targets."""
+    present = targets.bool()[:, :, None, None]
+    lowest = torch.finfo(logits.dtype).min
+    target = torch.where(present, logits, lowest).amax(dim=1, keepdim=True)
+    nontarget = torch.where(present, lowest, logits).amax(dim=1, keepdim=True)
+    return torch.sigmoid(target), torch.sigmoid(nontarget)
+
+
+def inverse_entropy_loss(logits: Tensor) -> Tensor:
+    """Minus the mean per-class entropy term of the classifier's softmax on the inverse image.
+
+    ``-mean_{b,c} H_c`` with ``H_c = -p_c log p_c`` and ``p = softmax(logits)`` clamped at 1e-16. Minimising
+    it maximises the entropy of what the mask leaves out. Being a mean over C, it scales with 1/C.
+    """
+    p = torch.softmax(logits, dim=1).clamp(min=1e-16)
+    return (p * torch.log(p)).mean()
+
+
+def total_variation(mask: Tensor) -> Tensor:
+    """``mean(|dx| + |dy|)`` of ``[B, 1, H, W]`` masks, with reflect padding at the right and bottom edges."""
+    padded = F.pad(mask, (0, 1, 0, 1), mode="reflect")
+    dx = padded[..., :-1, 1:] - padded[..., :-1, :-1]
+    dy = padded[..., 1:, :-1] - padded[..., :-1, :-1]
+    return (dx.abs() + dy.abs()).mean()
+
+
+def class_area_loss(logits: Tensor, targets: Tensor, min_area: float = 0.05, max_area: float = 0.30) -> Tensor:
+    """Keeps each present class's mask area between ``min_area`` and ``max_area`` of the image.
+
+    For present class c: ``s = sort_desc(sigmoid(S_c))``; with ``r_min`` = ones over the first
+    ``floor(min_area * H * W)`` entries (then zeros) and ``r_max`` likewise for ``max_area``,
+    ``loss_c = mean(relu(r_min - s) + relu(s - r_max))``; summed over present classes, averaged over the batch.
+    """
+    batch, classes, height, width = logits.shape
+    n = height * width
+    s = torch.sigmoid(logits).flatten(2).sort(dim=2, descending=True).values
+    rank = torch.arange(n, device=logits.device)
+    r_min = (rank < int(min_area * n)).to(s.dtype)
+    r_max = (rank < int(max_area * n)).to(s.dtype)
+    per_class = (F.relu(r_min - s) + F.relu(s - r_max)).mean(dim=2)
+    return (per_class * targets).sum(dim=1).mean()
+
+
+@dataclass
+class LossWeights:
+    """Coefficients of the loss terms (the paper's names in brackets).
+
+    Args:
+        entropy: inverse-image entropy term (lambda_e).
+        tv: total variation of target and non-target masks (lambda_tv).
+        class_area: per-class area bounds (lambda_ac).
+        target_area: mean target-mask area (lambda_m).
+        nontarget_area: mean non-target-mask area (lambda_n).
+        min_area: lower bound of a class's area, relative to H*W.
+        max_area: upper bound of a class's area, relative to H*W.
+    """
+
+    entropy: float = 1.0
+    tv: float = 1.0
+    class_area: float = 1.0
+    target_area: float = 0.1
+    nontarget_area: float = 0.3
+    min_area: float = 0.05
+    max_area: float = 0.30
+
+
+def explainer_loss(
+    mask_logits: Tensor,
+    targets: Tensor,
+    masked_logits: Tensor,
+    inverse_logits: Tensor,
+    target_mask: Tensor,
+    nontarget_mask: Tensor,
+    weights: LossWeights,
+) -> dict[str, Tensor]:
+    """The full loss and its terms.
+
+    Args:
+        mask_logits: ``[B, C, H, W]`` logits of the mask network.
+        targets: ``[B, C]`` multi-hot targets (labels or predictions).
+        masked_logits: classifier logits of the masked image ``m * x``.
+        inverse_logits: classifier logits of the inverse image ``(1 - m) * x``.
+        target_mask: ``m`` ``[B, 1, H, W]``.
+        nontarget_mask: ``n`` ``[B, 1, H, W]``.
+        weights: the coefficients.
+
+    Returns:
+        ``loss`` and each unweighted term: ``classification``, ``entropy``, ``tv``, ``class_area``,
+        ``target_area``, ``nontarget_area``.
+    """
+    terms = {
+        "classification": F.binary_cross_entropy_with_logits(masked_logits, targets),
+        "entropy": inverse_entropy_loss(inverse_logits),
+        "tv": total_variation(target_mask) + total_variation(nontarget_mask),
+        "class_area": class_area_loss(mask_logits, targets, weights.min_area, weights.max_area),
+        "target_area": target_mask.mean(),
+        "nontarget_area": nontarget_mask.mean(),
+    }
+    loss = (
+        terms["classification"]
+        + weights.entropy * terms["entropy"]
+        + weights.tv * terms["tv"]
+        + weights.class_area * terms["class_area"]
+        + weights.target_area * terms["target_area"]
+        + weights.nontarget_area * terms["nontarget_area"]
+    )
+    return {"loss": loss, **terms}

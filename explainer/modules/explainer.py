@@ -1,0 +1,238 @@
+"""ExplainerModule: trains a mask network against a frozen classifier (Stalder et al., 2022)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from explainer.classifiers.frozen import FrozenClassifier
+from explainer.data.base import IMAGENET_MEAN, IMAGENET_STD
+from explainer.data.batch import Batch
+from explainer.losses import LossWeights, explainer_loss, target_masks
+from explainer.nets.masknets import build_mask_net, transfer_class_heads
+
+
+def gaussian_blur(images: Tensor, sigma: float) -> Tensor:
+    """Separable Gaussian blur of ``[B, 3, H, W]`` images (kernel 2*ceil(3 sigma)+1, reflect padding)."""
+    radius = max(1, int(3 * sigma + 0.5))
+    coords = torch.arange(-radius, radius + 1, device=images.device, dtype=images.dtype)
+    kernel = torch.exp(-0.5 * (coords / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    channels = images.shape[1]
+    radius_h = min(radius, images.shape[-2] - 1)
+    radius_w = min(radius, images.shape[-1] - 1)
+    out = F.pad(images, (radius_w, radius_w, radius_h, radius_h), mode="reflect")
+    if radius_w < radius or radius_h < radius:  # reflect padding cannot exceed the image; replicate the rest
+        out = F.pad(out, (radius - radius_w,) * 2 + (radius - radius_h,) * 2, mode="replicate")
+    out = F.conv2d(out, kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
+    return F.conv2d(out, kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
+
+
+class ExplainerModule(pl.LightningModule):
+    """The Explainer: one forward pass gives a mask per class for a frozen multi-label classifier.
+
+    Loss (REFERENCE section 1): classification of the masked image ``m*x`` + ``entropy`` x inverse-image
+    entropy term + ``tv`` x (TV(m) + TV(n)) + ``class_area`` x per-class area bounds + ``target_area`` x
+    mean(m) + ``nontarget_area`` x mean(n). The classifier is a :class:`FrozenClassifier`: eval mode,
+    no gradients to its weights, never in the optimiser, and not stored in this module's checkpoints
+    (they keep its path and content hash; loading checks the hash).
+
+    Args:
+        classifier: path of the ``ClassifierModule`` checkpoint to explain.
+        num_classes: number of classes (linked from the data module; must equal the classifier's).
+        class_names: class names (linked from the data module).
+        mask_net: mask-network name (``unet``, ``deeplabv3_resnet50``, ...; see ``build_mask_net``).
+        mask_net_kwargs: the mask network's own options (e.g. ``{"width": 16}``).
+        entropy: weight of the inverse-image entropy term (lambda_e).
+        tv: weight of the total-variation term (lambda_tv).
+        class_area: weight of the per-class area bounds (lambda_ac).
+        target_area: weight of the mean target-mask area (lambda_m).
+        nontarget_area: weight of the mean non-target-mask area (lambda_n).
+        min_area: lower area bound of a present class, relative to H*W.
+        max_area: upper area bound of a present class, relative to H*W.
+        fill: what masked-out pixels become: ``mean`` (the dataset mean colour, 0 after normalisation,
+            as in the paper), ``zero`` (black) or ``blur`` (a Gaussian blur of the image).
+        blur_sigma: sigma in pixels of the ``blur`` fill.
+        targets: which classes the target mask covers: ``labels`` (ground truth, as in the paper) or
+            ``predictions`` (the classifier's own, for unlabelled images). Metrics record it.
+        prediction_threshold: probability above which a class counts as predicted.
+        lr: Adam learning rate.
+        weight_decay: Adam weight decay.
+        init_from: fine-tune from an exported Explainer folder or an ``ExplainerModule`` checkpoint; class-head
+            rows of classes shared by name are kept, the others re-initialised.
+        classifier_hash: the classifier's content hash, recorded at the first run and checked on loading.
+    """
+
+    def __init__(
+        self,
+        classifier: str,
+        num_classes: int = 10,
+        class_names: list[str] | None = None,
+        mask_net: str = "unet",
+        mask_net_kwargs: dict[str, Any] | None = None,
+        entropy: float = 1.0,
+        tv: float = 1.0,
+        class_area: float = 1.0,
+        target_area: float = 0.1,
+        nontarget_area: float = 0.3,
+        min_area: float = 0.05,
+        max_area: float = 0.30,
+        fill: Literal["mean", "zero", "blur"] = "mean",
+        blur_sigma: float = 5.0,
+        targets: Literal["labels", "predictions"] = "labels",
+        prediction_threshold: float = 0.5,
+        lr: float = 1e-4,
+        weight_decay: float = 0.0,
+        init_from: str | None = None,
+        classifier_hash: str | None = None,
+    ) -> None:
+        super().__init__()
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"{len(class_names)} class names given for num_classes={num_classes}")
+        if not 0 <= min_area <= max_area <= 1:
+            raise ValueError(f"need 0 <= min_area <= max_area <= 1, got {min_area}, {max_area}")
+        self.save_hyperparameters()
+        self.classifier = FrozenClassifier.from_checkpoint(classifier, num_classes=num_classes)
+        if not any(True for _ in self.classifier.parameters()):
+            raise ValueError(f"the classifier '{classifier}' has no parameters; it cannot be explained")
+        if classifier_hash is not None and classifier_hash != self.classifier.content_hash:
+            raise ValueError(
+                f"the classifier '{classifier}' is not the one this Explainer was trained for: its weights hash "
+                f"{self.classifier.content_hash[:12]}... differs from the recorded {classifier_hash[:12]}..."
+            )
+        self.hparams.classifier_hash = self.classifier.content_hash
+        self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
+        self.mask_net = build_mask_net(mask_net, num_classes, **(mask_net_kwargs or {}))
+        self.weights = LossWeights(entropy, tv, class_area, target_area, nontarget_area, min_area, max_area)
+        self.register_buffer("norm_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("norm_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self._checked_classifier = False
+        if init_from:
+            self._init_mask_net_from(init_from)
+
+    # -- construction helpers ---------------------------------------------------------------------------
+    def _init_mask_net_from(self, source: str) -> None:
+        from explainer.export import read_mask_net_state
+
+        state, old_classes, spec = read_mask_net_state(source)
+        if spec["name"] != self.hparams.mask_net:
+            raise ValueError(
+                f"cannot fine-tune a '{self.hparams.mask_net}' mask network from '{source}', which holds a "
+                f"'{spec['name']}' network"
+            )
+        self.mask_net.load_state_dict(transfer_class_heads(self.mask_net, state, old_classes, self.class_names))
+
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is not None and hasattr(dm, "mean"):
+            self.norm_mean.copy_(torch.tensor(dm.mean).view(1, 3, 1, 1))
+            self.norm_std.copy_(torch.tensor(dm.std).view(1, 3, 1, 1))
+
+    # -- the forward pass ---------------------------------------------------------------------------------
+    def forward(self, images: Tensor) -> Tensor:
+        """Mask logits ``[B, C, H, W]``; ``sigmoid`` of them are the per-class masks."""
+        return self.mask_net(images)
+
+    def fill_for(self, images: Tensor) -> Tensor:
+        """The values masked-out pixels take, per ``fill`` (``[B, 3, H, W]`` or a broadcastable tensor)."""
+        if self.hparams.fill == "mean":
+            return torch.zeros((), device=images.device, dtype=images.dtype)
+        if self.hparams.fill == "zero":
+            return (-self.norm_mean / self.norm_std).to(images.dtype)
+        return gaussian_blur(images, self.hparams.blur_sigma)
+
+    def select_targets(self, batch: Batch) -> Tensor:
+        """Multi-hot target classes: the labels, or the classifier's predictions on the clean image."""
+        if self.hparams.targets == "labels":
+            return batch.labels
+        with torch.no_grad():
+            probs = torch.sigmoid(self.classifier(batch.image))
+        return (probs > self.hparams.prediction_threshold).to(batch.labels.dtype)
+
+    def _check_classifier(self, batch: Batch) -> None:
+        with torch.no_grad():
+            out = self.classifier(batch.image[:1])
+        if out.ndim != 2 or out.shape[1] != self.hparams.num_classes:
+            raise ValueError(
+                f"the classifier '{self.hparams.classifier}' returns shape {tuple(out.shape)} for one image; "
+                f"an Explainer needs logits of shape (1, {self.hparams.num_classes})"
+            )
+        self._checked_classifier = True
+
+    def explain_batch(self, batch: Batch) -> dict[str, Tensor]:
+        """Runs masks, both classifier passes and the loss on a batch (shared by train / val / test)."""
+        if not self._checked_classifier:
+            self._check_classifier(batch)
+        images = batch.image
+        targets = self.select_targets(batch)
+        mask_logits = self(images)
+        target_mask, nontarget_mask = target_masks(mask_logits, targets)
+        fill = self.fill_for(images)
+        masked = target_mask * images + (1 - target_mask) * fill
+        inverse = (1 - target_mask) * images + target_mask * fill
+        masked_logits, inverse_logits = self.classifier(torch.cat([masked, inverse])).chunk(2)
+        terms = explainer_loss(mask_logits, targets, masked_logits, inverse_logits, target_mask, nontarget_mask,
+                               self.weights)
+        return {**terms, "mask_logits": mask_logits, "target_mask": target_mask, "nontarget_mask": nontarget_mask,
+                "masked_logits": masked_logits, "inverse_logits": inverse_logits, "targets": targets}
+
+    def _log_terms(self, out: dict[str, Tensor], stage: str, batch_size: int) -> None:
+        sync = stage != "train"
+        self.log(f"{stage}/loss", out["loss"], prog_bar=True, batch_size=batch_size, sync_dist=sync)
+        for name in ("classification", "entropy", "tv", "class_area", "target_area", "nontarget_area"):
+            self.log(f"{stage}/loss_{name}", out[name], batch_size=batch_size, sync_dist=sync)
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        out = self.explain_batch(batch)
+        if not torch.isfinite(out["loss"]):
+            terms = {k: float(out[k]) for k in ("classification", "entropy", "tv", "class_area", "target_area",
+                                                  "nontarget_area")}
+            best = getattr(self.trainer.checkpoint_callback, "best_model_path", "") if self._trainer else ""
+            raise FloatingPointError(
+                f"non-finite Explainer loss at step {self.global_step} (epoch {self.current_epoch}, batch "
+                f"{batch_idx}); terms: {terms}. Training stopped; the last good checkpoint is kept"
+                + (f" at {best}" if best else "") + ". Lower the learning rate or check the data."
+            )
+        self._log_terms(out, "train", len(batch))
+        return out["loss"]
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
+        out = self.explain_batch(batch)
+        self._log_terms(out, "val", len(batch))
+        return {k: v.detach() for k, v in out.items()}
+
+    def test_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
+        out = self.explain_batch(batch)
+        self._log_terms(out, "test", len(batch))
+        return {k: v.detach() for k, v in out.items()}
+
+    def predict_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        return torch.sigmoid(self(batch.image))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.mask_net.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+
+    # -- checkpoints hold the mask network only -------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("classifier.")}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        stored = checkpoint.get("hyper_parameters", {})
+        if "num_classes" in stored and int(stored["num_classes"]) != int(self.hparams.num_classes):
+            raise ValueError(
+                f"class-count mismatch: the Explainer checkpoint has {stored['num_classes']} classes but this "
+                f"run has {self.hparams.num_classes}"
+            )
+        recorded = stored.get("classifier_hash")
+        if recorded and recorded != self.classifier.content_hash:
+            raise ValueError(
+                "the Explainer checkpoint was trained for another classifier (weights hash "
+                f"{recorded[:12]}...), not '{self.hparams.classifier}' ({self.classifier.content_hash[:12]}...)"
+            )
+        state = checkpoint["state_dict"]
+        for key, value in self.classifier.state_dict().items():
+            state.setdefault(f"classifier.{key}", value)

@@ -1,0 +1,208 @@
+"""Mask networks: images to per-class mask logits ``[B, C, H, W]`` at the input resolution.
+
+Networks are chosen by name (``build_mask_net(name, num_classes, **kwargs)``), so configs and exported
+``config.json`` files describe them with plain values. Each network names its class head
+(``head_prefix``), the last layer with one output channel per class, which fine-tuning re-initialises
+for classes that the new class list does not share.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+_MASK_NETS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_mask_net(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator: makes a mask network available to :func:`build_mask_net` under ``name``."""
+
+    def decorate(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        _MASK_NETS[name] = factory
+        return factory
+
+    return decorate
+
+
+def available_mask_nets() -> list[str]:
+    """The registered mask-network names."""
+    return sorted(_MASK_NETS)
+
+
+def build_mask_net(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
+    """Builds a mask network.
+
+    Args:
+        name: ``unet`` (compact U-Net for CPU and small images), ``deeplabv3_resnet50`` (the paper's),
+            or ``deeplabv3_mobilenet_v3_large`` / ``lraspp_mobilenet_v3_large`` (light torchvision nets).
+        num_classes: one output channel per class (no background channel).
+        **kwargs: the network's own options.
+
+    Returns:
+        A module mapping ``[B, 3, H, W]`` images to ``[B, C, H, W]`` logits, with a ``head_prefix``.
+    """
+    if name not in _MASK_NETS:
+        raise ValueError(f"unknown mask network '{name}'; valid names: {', '.join(available_mask_nets())}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    return _MASK_NETS[name](num_classes=num_classes, **kwargs)
+
+
+def _block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+    )
+
+
+@register_mask_net("unet")
+class UNetMaskNet(nn.Module):
+    """A compact U-Net: ``depth`` downsamplings, channels doubling from ``width``, a 1x1 class head.
+
+    Args:
+        num_classes: output channels (one per class).
+        width: channels at full resolution.
+        depth: number of 2x downsamplings (the input side must be divisible by ``2**depth``; other sizes
+            are padded and cropped back).
+    """
+
+    head_prefix = "head."
+
+    def __init__(self, num_classes: int, width: int = 16, depth: int = 3) -> None:
+        super().__init__()
+        self.depth = depth
+        chans = [width * 2**i for i in range(depth + 1)]
+        self.stem = _block(3, chans[0])
+        self.down = nn.ModuleList([_block(chans[i], chans[i + 1]) for i in range(depth)])
+        self.up = nn.ModuleList([
+            nn.ConvTranspose2d(chans[i + 1], chans[i], 2, stride=2) for i in reversed(range(depth))
+        ])
+        self.fuse = nn.ModuleList([_block(2 * chans[i], chans[i]) for i in reversed(range(depth))])
+        self.head = nn.Conv2d(chans[0], num_classes, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        height, width = x.shape[-2:]
+        unit = 2**self.depth
+        pad_h, pad_w = (-height) % unit, (-width) % unit
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
+        skips = [self.stem(x)]
+        for down in self.down:
+            skips.append(down(F.max_pool2d(skips[-1], 2)))
+        y = skips.pop()
+        for up, fuse in zip(self.up, self.fuse, strict=True):
+            y = fuse(torch.cat([up(y), skips.pop()], dim=1))
+        return self.head(y)[..., :height, :width]
+
+
+class _TorchvisionSegmentation(nn.Module):
+    """A torchvision segmentation model whose ``out`` logits are the class masks (no auxiliary head)."""
+
+    head_prefix = "model.classifier."
+
+    def __init__(self, model: nn.Module, head_prefix: str) -> None:
+        super().__init__()
+        self.model = model
+        self.head_prefix = head_prefix
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x)["out"]  # torchvision upsamples bilinearly to the input size
+
+
+def _backbone_weights(weights_backbone: str | None) -> tuple[Any, Path | None]:
+    """A torchvision weights name goes to torchvision; a file path is loaded afterwards."""
+    if weights_backbone and Path(weights_backbone).suffix in (".pt", ".pth", ".safetensors"):
+        return None, Path(weights_backbone)
+    return weights_backbone, None
+
+
+def _load_backbone_file(backbone: nn.Module, path: Path) -> None:
+    from explainer.classifiers.factory import load_backbone_weights
+
+    load_backbone_weights(backbone, path)
+
+
+@register_mask_net("deeplabv3_resnet50")
+def deeplabv3_resnet50(num_classes: int, weights_backbone: str | None = None) -> nn.Module:
+    """The paper's mask network: DeepLabV3 on ResNet-50 (output stride 8, ASPP rates 12/24/36, 256 channels).
+
+    Args:
+        num_classes: output channels (one per class, no background).
+        weights_backbone: ``None`` (random), a torchvision weights name (``IMAGENET1K_V1``, downloaded once)
+            or a state-dict file of a torchvision ResNet-50 (loaded into the backbone).
+    """
+    from torchvision.models.segmentation import deeplabv3_resnet50 as tv_deeplab
+
+    name, path = _backbone_weights(weights_backbone)
+    model = tv_deeplab(weights=None, weights_backbone=name, num_classes=num_classes, aux_loss=False)
+    if path is not None:
+        _load_backbone_file(model.backbone, path)
+    return _TorchvisionSegmentation(model, "model.classifier.4.")
+
+
+@register_mask_net("deeplabv3_mobilenet_v3_large")
+def deeplabv3_mobilenet(num_classes: int, weights_backbone: str | None = None) -> nn.Module:
+    """DeepLabV3 on MobileNetV3-Large: a lighter network for CPU (torchvision)."""
+    from torchvision.models.segmentation import deeplabv3_mobilenet_v3_large
+
+    name, path = _backbone_weights(weights_backbone)
+    model = deeplabv3_mobilenet_v3_large(weights=None, weights_backbone=name, num_classes=num_classes, aux_loss=False)
+    if path is not None:
+        _load_backbone_file(model.backbone, path)
+    return _TorchvisionSegmentation(model, "model.classifier.4.")
+
+
+@register_mask_net("lraspp_mobilenet_v3_large")
+def lraspp_mobilenet(num_classes: int, weights_backbone: str | None = None) -> nn.Module:
+    """LR-ASPP on MobileNetV3-Large: the lightest torchvision segmentation network."""
+    from torchvision.models.segmentation import lraspp_mobilenet_v3_large
+
+    name, path = _backbone_weights(weights_backbone)
+    model = lraspp_mobilenet_v3_large(weights=None, weights_backbone=name, num_classes=num_classes)
+    if path is not None:
+        _load_backbone_file(model.backbone, path)
+    return _TorchvisionSegmentation(model, "model.classifier.")
+
+
+def transfer_class_heads(
+    new: nn.Module, state: dict[str, Tensor], old_classes: list[str], new_classes: list[str]
+) -> dict[str, Tensor]:
+    """Adapts a mask network's state dict to another class list.
+
+    Every tensor outside the class head is kept. In the class head, the rows (output channels) of classes
+    present in both lists are copied by name; the rows of new classes keep ``new``'s fresh initialisation.
+
+    Args:
+        new: the freshly built network for ``new_classes`` (its initial weights fill the new rows).
+        state: the state dict trained for ``old_classes``.
+        old_classes: class names of ``state``.
+        new_classes: class names of ``new``.
+
+    Returns:
+        A state dict that ``new.load_state_dict`` accepts.
+    """
+    prefix = getattr(new, "head_prefix", None)
+    if prefix is None:
+        raise ValueError(f"{type(new).__name__} does not name its class head (head_prefix)")
+    target = new.state_dict()
+    out = {k: v for k, v in state.items() if not k.startswith(prefix)}
+    old_index = {name: i for i, name in enumerate(old_classes)}
+    shared = [(j, old_index[name]) for j, name in enumerate(new_classes) if name in old_index]
+    for key, fresh in target.items():
+        if not key.startswith(prefix):
+            continue
+        merged = fresh.clone()
+        if key in state and shared and state[key].shape[1:] == fresh.shape[1:]:
+            rows_new = torch.tensor([j for j, _ in shared])
+            rows_old = torch.tensor([i for _, i in shared])
+            if fresh.shape[0] == len(new_classes) and state[key].shape[0] == len(old_classes):
+                merged[rows_new] = state[key][rows_old].to(merged.dtype)
+            else:  # a head layer without a class dimension (none in the built-in networks)
+                merged = state[key].clone()
+        out[key] = merged
+    return out
