@@ -14,6 +14,7 @@ An export is a folder::
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +89,8 @@ def export_explainer(
     if torchscript:
         size = tuple(example_images.shape[-2:]) if example_images is not None else tuple(input_size or (224, 224))
         sample = torch.zeros(1, 3, *size)
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TorchScript's deprecation notice and trace warnings on shape checks
             traced = torch.jit.trace(loaded.net.eval(), sample)
         traced.save(str(folder / "model.ts"))
     return folder

@@ -189,7 +189,7 @@ class ExplainerModule(pl.LightningModule):
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         out = self.explain_batch(batch)
         if not torch.isfinite(out["loss"]):
-            terms = {k: float(out[k]) for k in ("classification", "entropy", "tv", "class_area", "target_area",
+            terms = {k: float(out[k].detach()) for k in ("classification", "entropy", "tv", "class_area", "target_area",
                                                   "nontarget_area")}
             best = getattr(self.trainer.checkpoint_callback, "best_model_path", "") if self._trainer else ""
             raise FloatingPointError(

@@ -9,7 +9,7 @@ from torch import nn
 
 from explainer.classifiers import FrozenClassifier, build_classifier, state_hash
 from explainer.data.digits import DigitScenesDataModule
-from explainer.modules import ClassifierModule
+from tests.helpers import write_classifier_checkpoint
 
 
 class _MaskLearner(pl.LightningModule):
@@ -75,13 +75,7 @@ def test_content_hash_identifies_weights():
 
 
 def _classifier_checkpoint(tmp_path, num_classes=10):
-    module = ClassifierModule(backbone="tests.helpers:tiny_net", num_classes=num_classes)
-    trainer = pl.Trainer(max_steps=0, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                         default_root_dir=tmp_path)
-    trainer.strategy.connect(module)
-    path = tmp_path / "clf.ckpt"
-    trainer.save_checkpoint(path)
-    return module, path
+    return write_classifier_checkpoint(tmp_path, num_classes)
 
 
 def test_from_checkpoint_round_trip_and_class_count_mismatch(tmp_path):

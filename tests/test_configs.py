@@ -1,0 +1,33 @@
+"""Every YAML file under configs/ parses with the CLI (composed with a data or model config if partial)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from explainer.cli import make_cli
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
+
+
+def test_there_are_configs():
+    assert len(CONFIGS) >= 4
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(REPO / "configs")))
+def test_config_parses(path, capsys):
+    content = yaml.safe_load(path.read_text()) or {}
+    args = ["fit"]
+    if "model" not in content:
+        args += ["--config", str(REPO / "configs/model/classifier.yaml")]
+    if "data" not in content:
+        args += ["--config", str(REPO / "configs/data/digits.yaml")]
+    args += ["--config", str(path), "--print_config"]
+    with pytest.raises(SystemExit) as exit_info:
+        make_cli(args)
+    assert exit_info.value.code in (0, None), capsys.readouterr().err[-2000:]
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert "class_path" in printed["model"] and "class_path" in printed["data"]
