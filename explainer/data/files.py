@@ -24,15 +24,11 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, get_worker_info
-from torchvision.io import ImageReadMode, decode_image, read_file
 
 from explainer.data.batch import Sample
 from explainer.data.transforms import RawSample, SampleTransform
 
 log = logging.getLogger(__name__)
-
-_TORCHVISION_DECODES = {".jpg", ".jpeg", ".png", ".webp", ".gif"}
-
 
 class DatasetNotFoundError(FileNotFoundError):
     """A dataset root is missing or incomplete (the message names the path, the layout and the source)."""
@@ -69,10 +65,9 @@ def dataset_error(name: str, root: Path, missing: Sequence[Path], layout: str, o
 
 
 def read_image(path: str | Path) -> torch.Tensor:
-    """Decodes an image file to ``[3, H, W]`` uint8 RGB.
+    """Decodes an image file to ``[3, H, W]`` uint8 RGB (with PIL; grey, palette and CMYK become RGB).
 
-    JPEG / PNG / WebP / GIF go through ``torchvision.io`` (libjpeg-turbo); other formats, and files that
-    torchvision refuses, go through PIL. Truncated files are errors, never silently padded.
+    Truncated files are errors, never silently padded.
 
     Args:
         path: the image file.
@@ -85,25 +80,14 @@ def read_image(path: str | Path) -> torch.Tensor:
         CorruptImageError: the file cannot be decoded (the message names it).
     """
     path = Path(path)
-    first_error: Exception | None = None
-    if path.suffix.lower() in _TORCHVISION_DECODES:
-        try:
-            return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
-        except FileNotFoundError:
-            raise
-        except RuntimeError as err:  # unusual but valid files (e.g. CMYK) get a second chance with PIL
-            if not path.exists():
-                raise FileNotFoundError(f"image file not found: {path}") from err
-            first_error = err
     try:
         with Image.open(path) as img:
-            array = np.array(img.convert("RGB"))
+            array = np.asarray(img.convert("RGB"))
     except FileNotFoundError as err:
         raise FileNotFoundError(f"image file not found: {path}") from err
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
-        detail = f"{err}" + (f"; torchvision: {first_error}" if first_error is not None else "")
-        raise CorruptImageError(f"cannot decode image file {path} (truncated or corrupt?): {detail}") from err
-    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+        raise CorruptImageError(f"cannot decode image file {path} (truncated or corrupt?): {err}") from err
+    return torch.from_numpy(array.copy() if not array.flags.writeable else array).permute(2, 0, 1).contiguous()
 
 
 def read_label_map(path: str | Path) -> np.ndarray:

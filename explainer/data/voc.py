@@ -214,7 +214,7 @@ class VOC2007DataModule(ExplainerDataModule):
 
     def __init__(
         self,
-        root: str = "data",
+        root: str = "data/voc",
         train_split: VOCImageSet = "train",
         val_split: VOCImageSet = "val",
         test_split: VOCImageSet = "test",
