@@ -10,7 +10,7 @@ Ground-truth conventions:
 * boxes: COCO ``[x, y, w, h]`` becomes ``(x, y, x + w, y + h)`` in 0-based pixel coordinates;
 * crowd regions (``iscrowd=1``, RLE-encoded groups) are flagged: their boxes carry ``difficult=True``,
   their pixels belong to their class's mask, and they count as labels unless ``crowd_as_labels=False``;
-* masks: per class the union of the instance masks (``annToRLE`` + one batched RLE decode), crowd
+* masks: per class the union of the instance masks (``annToRLE``, merged per class, one batched decode), crowd
   regions included; computed for validation / test images (``train_masks`` adds them for training).
 
 Annotations are indexed by image once, when pycocotools loads the JSON; per item only the image's own
@@ -162,17 +162,21 @@ class COCO2014Dataset(AnnotatedImageDataset):
 
     def _class_masks(self, anns: list[dict], classes: torch.Tensor, height: int,
                      width: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per present class, the union of its instance masks (crowd regions included)."""
-        with_segm = [i for i, a in enumerate(anns) if a.get("segmentation")]
-        if not with_segm:
+        """Per present class, the union of its instance masks (crowd regions included).
+
+        The union is taken on the run-length encodings (``mask.merge``), so only one mask per present
+        class is decoded, in one batched call.
+        """
+        by_class: dict[int, list] = {}
+        for ann, cls in zip(anns, classes.tolist(), strict=True):
+            if ann.get("segmentation"):
+                by_class.setdefault(cls, []).append(self.coco.annToRLE(ann))
+        if not by_class:
             return torch.zeros(0, height, width, dtype=torch.bool), torch.zeros(0, dtype=torch.long)
-        rles = [self.coco.annToRLE(anns[i]) for i in with_segm]
-        decoded = mask_utils.decode(rles)  # [H, W, n] uint8, one batched call
-        instances = torch.from_numpy(np.ascontiguousarray(decoded.transpose(2, 0, 1)))
-        mask_classes, inverse = torch.unique(classes[with_segm], return_inverse=True)
-        union = torch.zeros(len(mask_classes), height, width, dtype=torch.int32)
-        union.index_add_(0, inverse, instances.to(torch.int32))
-        return union > 0, mask_classes
+        mask_classes = sorted(by_class)
+        merged = [mask_utils.merge(by_class[c], intersect=False) for c in mask_classes]
+        decoded = mask_utils.decode(merged)  # [H, W, k] uint8 (Fortran order)
+        return torch.from_numpy(decoded).permute(2, 0, 1), torch.tensor(mask_classes, dtype=torch.long)
 
 
 class COCO2014DataModule(ExplainerDataModule):

@@ -67,6 +67,8 @@ def dataset_error(name: str, root: Path, missing: Sequence[Path], layout: str, o
 def read_image(path: str | Path) -> torch.Tensor:
     """Decodes an image file to ``[3, H, W]`` uint8 RGB (with PIL; grey, palette and CMYK become RGB).
 
+    The tensor is a channels-last view (``permute`` of the ``H x W x 3`` pixels), which resizes fastest.
+
     Truncated files are errors, never silently padded.
 
     Args:
@@ -82,12 +84,13 @@ def read_image(path: str | Path) -> torch.Tensor:
     path = Path(path)
     try:
         with Image.open(path) as img:
-            array = np.asarray(img.convert("RGB"))
+            img.load()  # decode now, so that truncation raises here
+            array = np.array(img if img.mode == "RGB" else img.convert("RGB"))
     except FileNotFoundError as err:
         raise FileNotFoundError(f"image file not found: {path}") from err
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
         raise CorruptImageError(f"cannot decode image file {path} (truncated or corrupt?): {err}") from err
-    return torch.from_numpy(array.copy() if not array.flags.writeable else array).permute(2, 0, 1).contiguous()
+    return torch.from_numpy(array).permute(2, 0, 1)  # channels-last in memory: the fast path of resize
 
 
 def read_label_map(path: str | Path) -> np.ndarray:

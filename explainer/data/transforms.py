@@ -48,7 +48,7 @@ class RawSample:
         boxes: ``[n, 4]`` float ``(x0, y0, x1, y1)``, 0-based, ``x1`` / ``y1`` exclusive.
         box_labels: ``[n]`` long class index per box.
         difficult: ``[n]`` bool flag per box.
-        masks: optional ``[k, H, W]`` bool masks, one per class in ``mask_classes``; ``None`` when the
+        masks: optional ``[k, H, W]`` bool or 0/1 uint8 masks, one per class in ``mask_classes``; ``None`` when the
             image has no mask ground truth (``k = 0`` means "has ground truth, no class present").
         mask_classes: ``[k]`` long, the distinct class index of each mask channel.
         id: the image's identifier.

@@ -43,7 +43,7 @@ def test_raw_labels_boxes_crowd_flags_and_masks(coco, image_set):
         assert set(raw.labels.nonzero().flatten().tolist()) == img.classes()
         # per class: the union of its instance regions (crowd included), by a naive loop
         full = torch.zeros(80, img.height, img.width, dtype=torch.bool)
-        full[raw.mask_classes] = raw.masks
+        full[raw.mask_classes] = raw.masks.bool()
         expected = torch.zeros_like(full)
         for o in img.objects:
             x0, y0, x1, y1 = o.box
