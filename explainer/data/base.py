@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from explainer.data.batch import Batch, collate
+from explainer.data.loader import SkipReportingLoader
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -74,7 +75,7 @@ class ExplainerDataModule(pl.LightningDataModule):
         return self.datasets[split]
 
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader[Batch]:
-        return DataLoader(
+        return SkipReportingLoader(
             self._dataset(split),
             batch_size=self.batch_size,
             shuffle=shuffle,

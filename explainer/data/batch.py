@@ -105,17 +105,22 @@ def _stack_optional(samples: list[Sample], name: str) -> list[Tensor] | None:
     return values
 
 
-def collate(samples: list[Sample]) -> Batch:
+def collate(samples: list[Sample | None]) -> Batch | None:
     """Collates samples into a :class:`Batch` (the ``collate_fn`` of every data module).
 
     Args:
-        samples: samples of equal image size.
+        samples: samples of equal image size; ``None`` entries (items a dataset skipped, e.g. corrupt
+            images with ``skip_corrupt=True``) are dropped.
 
     Returns:
-        The batch. Samples without masks get all-False masks and ``mask_valid=False`` when others have them.
+        The batch, or ``None`` when every sample was skipped (the data modules' loader drops such batches).
+        Samples without masks get all-False masks and ``mask_valid=False`` when others have them.
     """
     if not samples:
         raise ValueError("cannot collate an empty list of samples")
+    samples = [s for s in samples if s is not None]
+    if not samples:
+        return None
     image = torch.stack([s.image for s in samples])
     labels = torch.stack([s.labels for s in samples]).float()
     masks = mask_valid = None
