@@ -8,8 +8,20 @@ from explainer.metrics.pointing import (
     centre_points,
     difficult_pairs,
 )
+from explainer.metrics.segmentation import (
+    SEGMENTATION_KEYS,
+    SegmentationMetrics,
+    normalize_maps,
+    roc_auc_per_sample,
+    segmentation_scores,
+)
 
 __all__ = [
+    "SEGMENTATION_KEYS",
+    "SegmentationMetrics",
+    "normalize_maps",
+    "roc_auc_per_sample",
+    "segmentation_scores",
     "EnergyPointingGame",
     "PointingGame",
     "argmax_points",
