@@ -8,6 +8,7 @@ from explainer.metrics.pointing import (
     centre_points,
     difficult_pairs,
 )
+from explainer.metrics.saliency import ClassSpecificity, SaliencyMetric
 from explainer.metrics.segmentation import (
     SEGMENTATION_KEYS,
     SegmentationMetrics,
@@ -17,6 +18,8 @@ from explainer.metrics.segmentation import (
 )
 
 __all__ = [
+    "ClassSpecificity",
+    "SaliencyMetric",
     "SEGMENTATION_KEYS",
     "SegmentationMetrics",
     "normalize_maps",

@@ -10,11 +10,12 @@ its centre ``(j + 0.5, i + 0.5)`` lies inside, which for integer coordinates is 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchmetrics import Metric
 
 from explainer.data.batch import Batch
 
@@ -351,3 +352,56 @@ def forward_in_chunks(
     if not outputs:
         return torch.zeros(0, 0, device=device)
     return torch.cat(outputs)
+
+
+class ClassifierMetric(Metric):
+    """Base of the metrics that query a classifier (saliency, class specificity, insertion / deletion).
+
+    The classifier is kept *outside* the module tree: it is not part of the metric's ``state_dict`` (a
+    checkpoint does not store it twice) and ``metric.to(device)`` does not move it. It is used as it is:
+    put it in eval mode on the device of the images (a
+    :class:`~explainer.classifiers.FrozenClassifier` always is in eval mode). Forward passes run under
+    ``torch.no_grad`` in chunks of ``chunk_size`` images.
+
+    Args:
+        classifier: maps ``[n, 3, H, W]`` normalised images to ``[n, C]`` logits.
+        activation: ``"sigmoid"`` (multi-label, independent class probabilities) or ``"softmax"``.
+        chunk_size: the largest forward pass.
+        **kwargs: passed to :class:`torchmetrics.Metric`.
+    """
+
+    full_state_update = False
+    is_differentiable = False
+
+    def __init__(self, classifier: nn.Module, activation: str = "sigmoid", chunk_size: int = 64, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if not callable(classifier):
+            raise TypeError(f"classifier must be a callable nn.Module giving logits, got {type(classifier).__name__}")
+        check_activation(activation)
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        self.__dict__["classifier"] = classifier  # a plain reference, not a registered submodule
+        self.activation = activation
+        self.chunk_size = chunk_size
+
+    def _add(self, name: str, value: Tensor) -> None:
+        state = getattr(self, name)
+        setattr(self, name, state + value.to(device=state.device, dtype=state.dtype))
+
+
+def maps_to_unit_range(maps: Tensor, size: tuple[int, int], name: str = "maps") -> tuple[Tensor, Tensor]:
+    """Masks for perturbation metrics: non-finite values set to 0, resized bilinearly to ``size``, checked
+    to lie in [0, 1].
+
+    Returns:
+        ``(masks, nonfinite)``: ``[B, K, H, W]`` masks and ``[B, K]`` bool flags of non-finite input.
+    """
+    maps, nonfinite = sanitize_maps(maps)
+    maps = resize_maps(maps, size)
+    low, high = float(maps.min()), float(maps.max())
+    if low < -1e-5 or high > 1 + 1e-5:
+        raise ValueError(
+            f"{name} must lie in [0, 1] (they multiply the image), got values in [{low:.4g}, {high:.4g}]; "
+            "normalise them first, e.g. explainer.metrics.normalize_maps(maps, 'max')"
+        )
+    return maps.clamp(0, 1), nonfinite
