@@ -1,5 +1,13 @@
 """Attribution metrics: :class:`torchmetrics.Metric` subclasses with sum-reduced (DDP-safe) states."""
 
+from explainer.metrics.causal import (
+    InsertionDeletion,
+    insertion_deletion_curves,
+    rise_blur,
+    rise_blur_kernel,
+    top_classes,
+    trapezoid_auc,
+)
 from explainer.metrics.common import gt_masks, gt_valid
 from explainer.metrics.pointing import (
     EnergyPointingGame,
@@ -18,6 +26,12 @@ from explainer.metrics.segmentation import (
 )
 
 __all__ = [
+    "InsertionDeletion",
+    "insertion_deletion_curves",
+    "rise_blur",
+    "rise_blur_kernel",
+    "top_classes",
+    "trapezoid_auc",
     "ClassSpecificity",
     "SaliencyMetric",
     "SEGMENTATION_KEYS",
