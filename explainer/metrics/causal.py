@@ -118,7 +118,7 @@ def insertion_deletion_curves(
     step: int | None = None,
     modes: tuple[str, ...] = MODES,
     activation: Literal["sigmoid", "softmax"] = "sigmoid",
-    chunk_size: int = 256,
+    chunk_size: int = 64,
     blur_size: int = 11,
     blur_sigma: float = 5.0,
 ) -> dict[str, Tensor]:
@@ -192,7 +192,7 @@ class InsertionDeletion(ClassifierMetric):
         classifier: the classifier (logits), see :class:`~explainer.metrics.common.ClassifierMetric`.
         step: pixels per step (default: the image width).
         activation: ``"sigmoid"`` (multi-label) or ``"softmax"``.
-        chunk_size: images per forward pass.
+        chunk_size: images per forward pass (64 suits a CPU; raise it on a GPU).
         modes: which curves to compute.
         blur_size: width of the insertion blur kernel (RISE: 11).
         blur_sigma: sigma of the insertion blur (RISE: 5).
@@ -212,7 +212,7 @@ class InsertionDeletion(ClassifierMetric):
         classifier: nn.Module,
         step: int | None = None,
         activation: Literal["sigmoid", "softmax"] = "sigmoid",
-        chunk_size: int = 256,
+        chunk_size: int = 64,
         modes: tuple[str, ...] = MODES,
         blur_size: int = 11,
         blur_sigma: float = 5.0,

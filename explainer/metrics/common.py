@@ -174,8 +174,9 @@ def resize_masks_each(masks: Tensor, sizes: Tensor) -> Tensor:
     h_max, w_max = int(sizes[:, 0].max()), int(sizes[:, 1].max())
 
     def source_index(in_size: int, out_sizes: Tensor, out_max: int) -> Tensor:
-        out = torch.arange(out_max, device=masks.device, dtype=torch.float64)
-        src = ((out + 0.5) * (in_size / out_sizes.to(torch.float64).unsqueeze(1))).floor().long()
+        # floor((o + 0.5) * in / out), in exact integer arithmetic
+        out = torch.arange(out_max, device=masks.device)
+        src = torch.div((2 * out + 1) * in_size, 2 * out_sizes.unsqueeze(1), rounding_mode="floor")
         return src.clamp(0, in_size - 1)  # [B, out_max]
 
     rows = source_index(h_in, sizes[:, 0], h_max)

@@ -3,7 +3,8 @@
 Protocol (Zhang et al.'s pointing game as benchmarked by TorchRay, VOC07 test / COCO14 val):
 
 * the point is the argmax of the map resized bilinearly to the **original** image size
-  (``batch.orig_size``; the batch image size where unknown); ties go to the first pixel in row-major order;
+  (``batch.orig_size``; the batch image size where unknown); ties go to the first pixel in row-major order
+  (ties of the resized map are exact only up to float rounding, as in any implementation);
 * a point hits when a disc of radius ``tolerance`` around it touches the ground truth, strictly:
   some ground-truth pixel ``q`` has ``|p - q|^2 < tolerance^2`` (15 px by default);
 * ground truth: ``source="boxes"`` uses the union of all the class's boxes (difficult ones included),
@@ -37,7 +38,6 @@ from explainer.metrics.common import (
     image_sizes,
     resize_maps,
     resize_maps_each,
-    resize_masks_each,
     sanitize_maps,
 )
 
@@ -81,6 +81,49 @@ def difficult_pairs(batch: Batch, classes: Tensor, source: GroundTruth = "boxes"
     small = gt.flatten(2).float().mean(-1) < coverage
     others = ((batch.labels > 0.5).sum(1) >= 2).to(small.device).unsqueeze(1)
     return small & others & (classes.to(small.device) >= 0)
+
+
+def _nearest_source(in_size: int, out_sizes: Tensor, coords: Tensor) -> Tensor:
+    """Source index of output pixels ``coords`` under a nearest resize (pixel centres) to ``out_sizes``."""
+    # floor((c + 0.5) * in / out) in exact integer arithmetic (float rounding would misplace c = 8, 12 / 17)
+    return torch.div((2 * coords + 1) * in_size, 2 * out_sizes, rounding_mode="floor").clamp(0, in_size - 1)
+
+
+def _nonempty_at_size(gt: Tensor, sizes: Tensor) -> Tensor:
+    """``[B, K]``: does the mask keep a pixel after a nearest resize to each image's size? (Downsizing can
+    drop rows and columns; only those some output pixel samples count.)"""
+    height, width = gt.shape[-2:]
+    used = []
+    for axis, in_size in ((0, height), (1, width)):
+        coords = torch.arange(int(sizes[:, axis].max()), device=gt.device).expand(sizes.shape[0], -1)
+        source = _nearest_source(in_size, sizes[:, axis : axis + 1], coords)
+        source = torch.where(coords < sizes[:, axis : axis + 1], source, in_size)  # beyond the image: dropped
+        hit = torch.zeros(sizes.shape[0], in_size + 1, dtype=torch.bool, device=gt.device)
+        used.append(hit.scatter_(1, source, True)[:, :in_size])
+    kept = gt & used[0].view(-1, 1, height, 1) & used[1].view(-1, 1, 1, width)
+    return kept.flatten(2).any(-1)
+
+
+def _mask_hits(points: Tensor, gt: Tensor, sizes: Tensor, radius: Tensor) -> Tensor:
+    """Disc-versus-mask test at the original size without building original-size masks.
+
+    Only the pixels of the disc matter: their original-image coordinates are mapped back to the mask's
+    pixels by the nearest-resize rule and looked up, ``(2 r + 1)^2`` lookups per pair.
+    """
+    batch_size, num, height, width = gt.shape
+    reach = int(torch.ceil(radius.max()).item()) if radius.numel() else 0
+    offsets = torch.arange(-reach, reach + 1, device=gt.device)
+    dy, dx = torch.meshgrid(offsets, offsets, indexing="ij")
+    dy, dx = dy.reshape(-1), dx.reshape(-1)
+    in_disc = (dy**2 + dx**2).to(torch.float64).unsqueeze(0) < (radius**2).unsqueeze(1)  # [B, D]
+    ys = points[..., 0:1] + dy  # [B, K, D]
+    xs = points[..., 1:2] + dx
+    orig_h, orig_w = sizes[:, 0].view(-1, 1, 1), sizes[:, 1].view(-1, 1, 1)
+    inside = (ys >= 0) & (ys < orig_h) & (xs >= 0) & (xs < orig_w) & in_disc.unsqueeze(1)
+    rows = _nearest_source(height, orig_h, ys)
+    cols = _nearest_source(width, orig_w, xs)
+    values = gt.reshape(batch_size, num, -1).gather(2, rows * width + cols)
+    return (values & inside).any(-1)
 
 
 def _add_per_class(state: Tensor, classes: Tensor, select: Tensor, values: Tensor | None = None) -> None:
@@ -198,12 +241,9 @@ class PointingGame(Metric):
             hit = self._box_hits(points, batch, classes, sizes, radius)
         else:
             eligible &= gt_valid(batch, classes, "masks")
-            gt = resize_masks_each(gt_masks(batch, classes, "masks"), sizes)
-            eligible &= gt.flatten(2).any(-1)
-            ys = torch.arange(gt.shape[-2], device=device, dtype=torch.float64).view(1, 1, -1, 1)
-            xs = torch.arange(gt.shape[-1], device=device, dtype=torch.float64).view(1, 1, 1, -1)
-            dist2 = (ys - points[..., 0, None, None]) ** 2 + (xs - points[..., 1, None, None]) ** 2
-            hit = (gt & (dist2 < radius.view(-1, 1, 1, 1) ** 2)).flatten(2).any(-1)
+            gt = gt_masks(batch, classes, "masks")
+            eligible &= _nonempty_at_size(gt, sizes)
+            hit = _mask_hits(points, gt, sizes, radius)
         if invalid is not None:
             invalid = invalid.to(device)
             hit &= ~invalid

@@ -235,7 +235,7 @@ class SegmentationMetrics(Metric):
         ``samples`` (scored samples), ``invalid`` and ``skipped`` (counts)."""
         means = self.sums / self.counts.double()
         out = {key: means[i] for i, key in enumerate(SEGMENTATION_KEYS)}
-        out["samples"] = self.counts.max().double()
+        out["samples"] = self.counts[SEGMENTATION_KEYS.index("acc")].double()  # acc is always defined
         out["invalid"] = self.invalid.double()
         out["skipped"] = self.skipped.double()
         return out
