@@ -52,7 +52,7 @@ def rise_masks(num_masks: int, grid_size: int, keep_prob: float, height: int, wi
     shift_x = torch.randint(0, cell_w, (num_masks,), generator=gen)
     rows = (shift_y[:, None] + torch.arange(height)[None]).view(num_masks, height, 1)
     cols = (shift_x[:, None] + torch.arange(width)[None]).view(num_masks, 1, width)
-    return up[torch.arange(num_masks).view(-1, 1, 1), rows, cols]
+    return up[torch.arange(num_masks).view(-1, 1, 1), rows, cols].clamp_(0.0, 1.0)  # clamp float rounding
 
 
 @register_method("rise")
