@@ -1,4 +1,16 @@
-"""Attribution methods behind one interface: ``attribute(images, classes) -> maps[B, K, H, W]``."""
+"""Attribution methods behind one interface: ``attribute(images, classes) -> maps[B, K, H, W]``.
+
+Importing this package registers every method with :func:`build_method`:
+
+* ``rise``: RISE (:class:`~explainer.methods.rise.RISE`);
+* ``fido``, ``bbmp``: mask optimisation with an in-filler (:mod:`explainer.methods.fido`);
+* ``gradcam``, ``gradcam++``: class activation maps (:mod:`explainer.methods.cam`);
+* ``gradient``, ``input_x_gradient``, ``integrated_gradients``, ``guided_backprop``: gradient methods
+  through captum (:mod:`explainer.methods.gradients`);
+* ``extremal``: extremal perturbations (:mod:`explainer.methods.extremal`);
+* ``centre``, ``uniform``, ``oracle``: references that ignore the classifier (:mod:`explainer.methods.trivial`);
+* ``smooth``: any method followed by Gaussian smoothing (:mod:`explainer.methods.smoothing`).
+"""
 
 from explainer.methods.base import (
     AttributionMethod,
@@ -9,13 +21,53 @@ from explainer.methods.base import (
     present_classes,
     register_method,
 )
+from explainer.methods.cam import GradCAM, GradCAMPlusPlus, default_cam_layer
+from explainer.methods.extremal import BlurPyramid, ExtremalPerturbation, SmoothMask
+from explainer.methods.fido import BBMP, FIDO
+from explainer.methods.gradients import Gradient, GuidedBackprop, InputXGradient, IntegratedGradients
+from explainer.methods.infill import (
+    BlurInfill,
+    Infill,
+    LocalMeanInfill,
+    MeanInfill,
+    RandomInfill,
+    build_infill,
+)
+from explainer.methods.rise import RISE, rise_masks
+from explainer.methods.smoothing import SmoothedMethod, gaussian_smooth
+from explainer.methods.trivial import CentreBaseline, OracleBaseline, UniformBaseline
 
 __all__ = [
+    "BBMP",
+    "FIDO",
+    "RISE",
     "AttributionMethod",
+    "BlurInfill",
+    "BlurPyramid",
+    "CentreBaseline",
+    "ExtremalPerturbation",
+    "GradCAM",
+    "GradCAMPlusPlus",
+    "Gradient",
+    "GuidedBackprop",
+    "Infill",
+    "InputXGradient",
+    "IntegratedGradients",
+    "LocalMeanInfill",
+    "MeanInfill",
+    "OracleBaseline",
+    "RandomInfill",
+    "SmoothMask",
+    "SmoothedMethod",
+    "UniformBaseline",
     "available_methods",
+    "build_infill",
     "build_method",
     "check_classes",
+    "default_cam_layer",
     "gather_classes",
+    "gaussian_smooth",
     "present_classes",
     "register_method",
+    "rise_masks",
 ]

@@ -1,0 +1,167 @@
+"""Shared pieces of the attribution methods: (image, class) pairs, class scores, layers, Gaussian blur."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+ACTIVATIONS = ("sigmoid", "softmax")
+
+
+@contextlib.contextmanager
+def eval_mode(module: nn.Module | None) -> Iterator[None]:
+    """Puts ``module`` in eval mode for the duration and restores every submodule's flag afterwards.
+
+    An explanation is of the classifier's inference behaviour: dropout off, BatchNorm statistics fixed.
+    A :class:`~explainer.classifiers.FrozenClassifier` is in eval mode anyway.
+    """
+    if module is None:
+        yield
+        return
+    flags = [(m, m.training) for m in module.modules()]
+    for m, _ in flags:
+        m.training = False
+    try:
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+def check_activation(activation: str) -> str:
+    """Validates an ``activation`` option (``sigmoid`` for multi-label, ``softmax`` for single-label)."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation '{activation}'; expected one of {ACTIVATIONS}")
+    return activation
+
+
+def class_log_odds(logits: Tensor, targets: Tensor, activation: str = "sigmoid") -> Tensor:
+    """Log-odds of one class per row: the score that FIDO, BBMP and extremal perturbations optimise.
+
+    * ``sigmoid`` (multi-label): every class is an independent Bernoulli with ``p_c = sigmoid(z_c)``, so
+      ``log(p_c / (1 - p_c)) = z_c``: the log-odds is the logit itself.
+    * ``softmax`` (single-label): ``log p_c - log(1 - p_c) = log p_c - logsumexp_{c' != c} log p_c'
+      = z_c - logsumexp_{c' != c} z_c'`` (computed from the logits, which is numerically stable).
+
+    Args:
+        logits: ``[N, C]`` classifier logits.
+        targets: ``[N]`` class index per row.
+        activation: ``sigmoid`` or ``softmax``.
+
+    Returns:
+        ``[N]`` log-odds.
+    """
+    check_activation(activation)
+    z = logits.gather(1, targets.view(-1, 1)).squeeze(1)
+    if activation == "sigmoid":
+        return z
+    if logits.shape[1] < 2:
+        raise ValueError("softmax log-odds need at least two classes")
+    others = logits.scatter(1, targets.view(-1, 1), float("-inf"))
+    return z - torch.logsumexp(others, dim=1)
+
+
+def valid_pairs(classes: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The non-padding (image, class) pairs of ``classes`` ``[B, K]``.
+
+    Returns:
+        ``(image_index[P], slot_index[P], class_index[P])`` for the ``P`` entries that are not ``-1``.
+    """
+    b, k = torch.nonzero(classes >= 0, as_tuple=True)
+    return b, k, classes[b, k].long()
+
+
+def scatter_pairs(values: Tensor, image_index: Tensor, slot_index: Tensor, shape: tuple[int, int]) -> Tensor:
+    """Places per-pair maps ``[P, H, W]`` into zero maps ``[B, K, H, W]`` (padding stays zero)."""
+    out = values.new_zeros(*shape, *values.shape[-2:])
+    out[image_index, slot_index] = values
+    return out
+
+
+def chunk_slices(total: int, size: int) -> Iterator[slice]:
+    """Consecutive slices of at most ``size`` items covering ``range(total)``."""
+    size = max(1, int(size))
+    for start in range(0, total, size):
+        yield slice(start, min(total, start + size))
+
+
+def named_layers(module: nn.Module) -> list[str]:
+    """Dotted names of every submodule of ``module`` (the valid ``layer`` options)."""
+    return [name for name, _ in module.named_modules() if name]
+
+
+def resolve_layer(module: nn.Module, name: str) -> nn.Module:
+    """Finds a submodule by dotted name (``net.features.5``; indices of Sequentials are names too).
+
+    Names are tried on ``module`` and, for a wrapper such as
+    :class:`~explainer.classifiers.FrozenClassifier`, on its ``net``, so ``features.5`` works as well.
+
+    Raises:
+        ValueError: listing every valid name when ``name`` matches none.
+    """
+    layers = dict(module.named_modules())
+    if name in layers and name:
+        return layers[name]
+    inner = getattr(module, "net", None)
+    if isinstance(inner, nn.Module) and name and name in dict(inner.named_modules()):
+        return dict(inner.named_modules())[name]
+    raise ValueError(
+        f"unknown layer '{name}' of {type(module).__name__}; valid layer names: {', '.join(named_layers(module))}"
+    )
+
+
+def gaussian_kernel1d(sigma: float, radius: int | None = None, device: torch.device | None = None,
+                      dtype: torch.dtype = torch.float32) -> Tensor:
+    """A normalised 1-D Gaussian of standard deviation ``sigma`` (radius ``ceil(3 sigma)`` unless given)."""
+    if sigma <= 0:
+        return torch.ones(1, device=device, dtype=dtype)
+    radius = int(math.ceil(3 * sigma)) if radius is None else int(radius)
+    x = torch.arange(-radius, radius + 1, device=device, dtype=dtype)
+    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    return kernel / kernel.sum()
+
+
+def separable_conv(x: Tensor, kernel: Tensor, padding_mode: str = "replicate") -> Tensor:
+    """Convolves every channel of ``x`` ``[N, C, H, W]`` with the separable ``kernel`` (rows and columns).
+
+    Args:
+        x: the input.
+        kernel: ``[k]`` odd-length 1-D kernel.
+        padding_mode: ``replicate``, ``reflect`` (both clipped to the image size) or ``zeros``.
+
+    Returns:
+        Same shape as ``x``.
+    """
+    n, c, h, w = x.shape
+    r = kernel.numel() // 2
+    if r == 0:
+        return x * kernel.reshape(())
+    kernel = kernel.to(device=x.device, dtype=x.dtype)
+    flat = x.reshape(n * c, 1, h, w)
+    if padding_mode == "zeros":
+        flat = F.conv2d(flat, kernel.view(1, 1, 1, -1), padding=(0, r))
+        flat = F.conv2d(flat, kernel.view(1, 1, -1, 1), padding=(r, 0))
+        return flat.reshape(n, c, h, w)
+    mode = padding_mode
+    if mode == "reflect" and (r >= h or r >= w):
+        mode = "replicate"
+    flat = F.conv2d(F.pad(flat, (r, r, 0, 0), mode=mode), kernel.view(1, 1, 1, -1))
+    flat = F.conv2d(F.pad(flat, (0, 0, r, r), mode=mode), kernel.view(1, 1, -1, 1))
+    return flat.reshape(n, c, h, w)
+
+
+def gaussian_blur(x: Tensor, sigma: float, padding_mode: str = "replicate") -> Tensor:
+    """Gaussian blur of ``[N, C, H, W]`` with standard deviation ``sigma`` pixels (radius ``3 sigma``)."""
+    if sigma <= 0:
+        return x
+    return separable_conv(x, gaussian_kernel1d(sigma, device=x.device, dtype=x.dtype), padding_mode)
+
+
+def scaled(value: float, size: int, reference: int = 224) -> float:
+    """``value`` given in pixels of a ``reference``-pixel image, rescaled to an image of ``size`` pixels."""
+    return value * size / reference
