@@ -9,6 +9,7 @@ from explainer.methods.base import (
     present_classes,
     register_method,
 )
+from explainer.methods.prototypes import PrototypeAttribution  # noqa: F401  (registers "prototypes")
 
 __all__ = [
     "AttributionMethod",
