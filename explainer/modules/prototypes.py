@@ -22,7 +22,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from explainer.classifiers.frozen import FrozenClassifier
 from explainer.data.batch import Batch
@@ -99,6 +99,9 @@ class PrototypeModule(pl.LightningModule):
         weight, bias = pooled_linear_head(self.classifier)
         self.layer = PrototypeLayer(num_classes, prototypes_per_class, weight.shape[1], weight, bias)
         self.register_buffer("num_prototypes", torch.full((num_classes,), prototypes_per_class, dtype=torch.long))
+        # an empty parameter for a no-op optimiser: its steps count the collected batches as global steps,
+        # which Lightning's checkpointing and logging need (they ignore runs without steps)
+        self.step_anchor = nn.Parameter(torch.zeros(0))  # never receives a gradient
         metric_args = {"num_classes": num_classes, "prototypes_per_class": prototypes_per_class,
                        "num_parts": num_parts, "box_fraction": box_fraction}
         self.val_consistency = PrototypeConsistency(threshold=consistency_threshold, **metric_args)
@@ -158,6 +161,7 @@ class PrototypeModule(pl.LightningModule):
 
     def training_step(self, batch: Batch, batch_idx: int) -> None:
         self.collect(batch.image, batch.labels)
+        self.optimizers().step()  # a no-op (nothing has a gradient); advances the global step
 
     def _add_to_pool(self, images: Tensor, labels: Tensor) -> None:
         size = self.hparams.gallery_images_per_class
@@ -195,8 +199,10 @@ class PrototypeModule(pl.LightningModule):
         if self._trainer is not None and self.trainer.world_size > 1:
             keys = self.all_gather(reservoir.keys.to(self.device))
             feats = self.all_gather(reservoir.features.to(self.device))
+            offered = self.all_gather(reservoir.offered.to(self.device)).sum(0).cpu()
             others = [r for r in range(keys.shape[0]) if r != self.global_rank]
             reservoir.merge(keys[others].cpu(), feats[others].cpu())
+            reservoir.offered = offered
         return reservoir
 
     @property
@@ -231,7 +237,8 @@ class PrototypeModule(pl.LightningModule):
                                   positive_evidence_only=hp.positive_evidence_only)
             if dec.note:
                 name = hp.class_names[c] if hp.class_names else str(c)
-                warnings.warn(f"class '{name}': {dec.note}; the remaining prototypes are zero", stacklevel=2)
+                note = "no training image of the class was seen" if int(reservoir.offered[c]) == 0 else dec.note
+                warnings.warn(f"class '{name}': {note}; the remaining prototypes are zero", stacklevel=2)
             protos[c] = dec.prototypes
             counts.append(dec.num_prototypes)
             losses.append(dec.alignment_loss)
@@ -330,9 +337,9 @@ class PrototypeModule(pl.LightningModule):
     def predict_step(self, batch: Batch, batch_idx: int) -> Tensor:
         return torch.sigmoid(self(batch.image)[0])
 
-    def configure_optimizers(self) -> None:
-        """No optimiser: the prototypes are fitted in closed form."""
-        return None
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """A no-op optimiser over an empty parameter: the prototypes are fitted in closed form."""
+        return torch.optim.SGD([self.step_anchor], lr=0.0)
 
     # -- checkpoints: the classifier is stored by reference and hash, not copied ------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

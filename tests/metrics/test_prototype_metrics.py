@@ -8,7 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from explainer.metrics.prototypes import PrototypeConsistency, PrototypeStability, prototype_hits, prototype_noise
+from explainer.metrics.prototypes import (
+    PrototypeConsistency,
+    PrototypeStability,
+    prototype_hits,
+    prototype_noise,
+)
 
 
 def _peak_map(height: int, width: int, y: int, x: int) -> torch.Tensor:
