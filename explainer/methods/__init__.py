@@ -36,6 +36,7 @@ from explainer.methods.infill import (
 from explainer.methods.rise import RISE, rise_masks
 from explainer.methods.smoothing import SmoothedMethod, gaussian_smooth
 from explainer.methods.trivial import CentreBaseline, OracleBaseline, UniformBaseline
+from explainer.methods.prototypes import PrototypeAttribution  # noqa: F401  (registers "prototypes")
 
 __all__ = [
     "BBMP",
