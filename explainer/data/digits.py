@@ -17,7 +17,7 @@ import colorsys
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +44,7 @@ def _mnist() -> tuple[np.ndarray, np.ndarray]:
     return images.reshape(-1, 28, 28).astype(np.uint8), labels.astype(np.int64)
 
 
-@lru_cache(maxsize=None)
+@cache
 def digit_pool(split: str) -> dict[int, np.ndarray]:
     """The source digits of a split: class index -> ``[n, 28, 28]`` uint8 images.
 

@@ -33,10 +33,10 @@ from explainer.methods.infill import (
     RandomInfill,
     build_infill,
 )
+from explainer.methods.prototypes import PrototypeAttribution  # noqa: F401  (registers "prototypes")
 from explainer.methods.rise import RISE, rise_masks
 from explainer.methods.smoothing import SmoothedMethod, gaussian_smooth
 from explainer.methods.trivial import CentreBaseline, OracleBaseline, UniformBaseline
-from explainer.methods.prototypes import PrototypeAttribution  # noqa: F401  (registers "prototypes")
 
 __all__ = [
     "BBMP",
