@@ -92,7 +92,7 @@ def test_export_then_load_in_a_fresh_process_reproduces_masks(classifier_ckpt, t
         "e = torch.load(r'%s', weights_only=True); d = (m.explain(x) - e).abs().max().item();"
         "print(d); assert d < 1e-5, d; ts = torch.jit.load(r'%s');"
         "assert (torch.sigmoid(ts(x)) - e).abs().max().item() < 1e-5"
-    ) % (folder, tmp_path / "images.pt", tmp_path / "expected.pt", folder / "model.ts")
+    ) % (folder, tmp_path / "images.pt", tmp_path / "expected.pt", folder / "model.ts")  # noqa: UP031
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           cwd=str(tmp_path), env={**__import__("os").environ,
                                                    "PYTHONPATH": str(__import__("pathlib").Path(__file__).parents[2])})
