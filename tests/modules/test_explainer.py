@@ -88,11 +88,11 @@ def test_export_then_load_in_a_fresh_process_reproduces_masks(classifier_ckpt, t
         expected = torch.sigmoid(module(images))
     torch.save(expected, tmp_path / "expected.pt")
     code = (
-        "import torch, explainer; m = explainer.load(r'%s'); x = torch.load(r'%s', weights_only=True);"
-        "e = torch.load(r'%s', weights_only=True); d = (m.explain(x) - e).abs().max().item();"
-        "print(d); assert d < 1e-5, d; ts = torch.jit.load(r'%s');"
+        "import torch, explainer; m = explainer.load(r'{}'); x = torch.load(r'{}', weights_only=True);"
+        "e = torch.load(r'{}', weights_only=True); d = (m.explain(x) - e).abs().max().item();"
+        "print(d); assert d < 1e-5, d; ts = torch.jit.load(r'{}');"
         "assert (torch.sigmoid(ts(x)) - e).abs().max().item() < 1e-5"
-    ) % (folder, tmp_path / "images.pt", tmp_path / "expected.pt", folder / "model.ts")  # noqa: UP031
+    ).format(folder, tmp_path / "images.pt", tmp_path / "expected.pt", folder / "model.ts")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           cwd=str(tmp_path), env={**__import__("os").environ,
                                                    "PYTHONPATH": str(__import__("pathlib").Path(__file__).parents[2])})
