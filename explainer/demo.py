@@ -1,8 +1,13 @@
 """``make demo``: the main job on the embedded digit scenes, end to end.
 
-Stages (each a LightningCLI run from the quickstart configs, so the demo is what a user would type):
-  1. train the digit-scenes classifier (``configs/quickstart/classifier.yaml``) and test it;
-  2. export the classifier to ``checkpoints/quickstart/``;
+Stages (the training stages are LightningCLI runs of the quickstart configs, what a user would type):
+  1. train the digit-scenes classifier (``configs/quickstart/classifier.yaml``), test it, and copy it to
+     ``checkpoints/quickstart/classifier.ckpt``;
+  2. train the Explainer for it (``configs/quickstart/explainer.yaml``), which exports the best checkpoint to
+     ``checkpoints/quickstart/explainer/``;
+  3. evaluate the Explainer and the baselines on a subset of the test split with ground-truth classes,
+     writing ``results/quickstart/results.json`` (rows ``{method, metric, value, n, stderr, targets}``),
+     ``results.md`` and example maps;
 and a closing summary table. Run ``python -m explainer.demo --help`` for options.
 """
 
@@ -16,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from rich.console import Console
 from rich.table import Table
 
@@ -44,6 +50,62 @@ def train_classifier(out: Path, extra: list[str]) -> dict[str, Any]:
             "test/mAP": results["test/mAP"], "test/F1": results["test/F1"]}
 
 
+def train_explainer(out: Path, classifier: str, extra: list[str]) -> dict[str, Any]:
+    """Fits the quickstart Explainer; its ExportExplainer callback writes ``out/explainer``."""
+    from explainer.cli import make_cli, run_dir
+
+    cli = make_cli(["fit", "--config", str(CONFIGS / "explainer.yaml"), "--model.init_args.classifier", classifier,
+                    *extra])
+    results = cli.trainer.validate(cli.model, datamodule=cli.datamodule,
+                                   ckpt_path=cli.trainer.checkpoint_callback.best_model_path or None,
+                                   weights_only=True, verbose=False)[0]
+    return {"export": str(out / "explainer"), "run": str(run_dir(cli.trainer)),
+            "val/loss": results.get("val/loss"), "datamodule": cli.datamodule, "classifier": cli.model.classifier}
+
+
+# the demo's baselines and their settings (cheap enough for a 2-core CPU; see evaluate.py for the full set)
+DEMO_METHODS: dict[str, dict[str, Any]] = {
+    "centre": {}, "uniform": {},
+    "gradcam": {}, "gradient": {}, "input_x_gradient": {}, "integrated_gradients": {"steps": 16},
+    "guided_backprop": {}, "rise": {"num_masks": 2000}, "bbmp": {"iterations": 100},
+}
+
+
+def evaluate_quickstart(explainer_dir: Path, datamodule: Any, classifier: Any, out: Path, limit: int,
+                        baselines: bool) -> list[dict[str, Any]]:
+    """Evaluates the Explainer and the baselines on ``limit`` test images; writes results and pictures."""
+    from rich.progress import Progress
+
+    from explainer.evaluation import (
+        EvaluationSettings,
+        collect_batches,
+        evaluate_method,
+        save_example_grid,
+        write_results,
+    )
+    from explainer.methods import build_method
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    classifier = classifier.to(device).eval()
+    batches = collect_batches(datamodule, limit, device)
+    names = {"explainer": {"path": str(explainer_dir)}}
+    names.update(DEMO_METHODS if baselines else {"centre": {}, "uniform": {}})
+    rows, examples = [], {}
+    settings = EvaluationSettings(limit=limit, insertion_step=datamodule.image_size * 4)
+    with Progress(console=console) as bar:
+        for name, options in names.items():
+            total = sum(len(b) for b in batches)
+            task = bar.add_task(f"evaluating {name}", total=total)
+            method = build_method(name, classifier, **options).to(device)
+            method_rows, examples[name] = evaluate_method(
+                name, method, batches, classifier, datamodule.num_classes, settings,
+                progress=lambda n, t=task: bar.advance(t, n))
+            rows += method_rows
+    write_results(rows, out)
+    save_example_grid(examples, datamodule, out / "examples.png", datamodule.class_names)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Runs the demo and prints a summary table.
 
@@ -55,6 +117,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="checkpoints/quickstart", help="export folder")
+    parser.add_argument("--results", default="results/quickstart", help="evaluation folder")
+    parser.add_argument("--limit", type=int, default=200, help="test images evaluated")
+    parser.add_argument("--no-baselines", action="store_true", help="evaluate only the Explainer and references")
     parser.add_argument("--fast", action="store_true", help="a tiny smoke run (1 epoch, few scenes)")
     args = parser.parse_args(argv)
     os.environ.setdefault("WANDB_MODE", "offline")
@@ -63,26 +128,49 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.fast:
         extra = ["--trainer.max_epochs", "1", "--data.init_args.train_scenes", "256",
                  "--data.init_args.val_scenes", "64", "--data.init_args.test_scenes", "64"]
+        args.limit = min(args.limit, 32)
 
     summary: dict[str, Any] = {"stages": {}}
-    start = _stage("1/2  classifier: train on digit scenes, then test")
+    start = _stage("1/4  classifier: train on digit scenes, then test")
     clf = train_classifier(out, extra)
     summary["classifier"] = clf
     summary["stages"]["classifier"] = time.perf_counter() - start
 
-    start = _stage("2/2  export")
+    start = _stage("2/4  Explainer: train against the frozen classifier, export the best checkpoint")
+    exp = train_explainer(out, clf["checkpoint"], extra)
+    summary["stages"]["explainer"] = time.perf_counter() - start
+
+    start = _stage("3/4  evaluation on the test split (ground-truth classes)")
+    rows = evaluate_quickstart(out / "explainer", exp.pop("datamodule"), exp.pop("classifier"), Path(args.results),
+                               args.limit, baselines=not args.no_baselines)
+    summary["explainer"] = exp
+    summary["stages"]["evaluation"] = time.perf_counter() - start
+
+    start = _stage("4/4  summary")
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    summary["stages"]["export"] = time.perf_counter() - start
 
     table = Table(title="quickstart summary")
     table.add_column("stage / metric")
     table.add_column("value", justify="right")
     table.add_row("classifier test mAP", f"{clf['test/mAP']:.4f}")
     table.add_row("classifier test F1", f"{clf['test/F1']:.4f}")
+    value = {(r["method"], r["metric"]): r["value"] for r in rows}
+    for metric, label in [("pointing_game.accuracy", "pointing game"), ("box_iou.c_iou", "mask IoU vs boxes"),
+                          ("saliency.saliency", "saliency metric (lower better)")]:
+        for method in ("explainer", "centre", "uniform"):
+            if (method, metric) in value:
+                table.add_row(f"{label}: {method}", f"{value[(method, metric)]:.4f}")
+    if ("explainer", "class_specificity.own_mask") in value:
+        own = value[("explainer", "class_specificity.own_mask")]
+        for key in ("other_present_mask", "absent_mask"):
+            other = value.get(("explainer", f"class_specificity.{key}"), float("nan"))
+            table.add_row(f"class specificity: p_t with {key.replace('_', ' ')} / own", f"{other / own:.3f}")
     for stage, seconds in summary["stages"].items():
         table.add_row(f"time: {stage}", f"{seconds:.1f} s")
     console.print(table)
-    console.print(f"classifier checkpoint: {clf['checkpoint']}\nrun folder (config, metrics, images): {clf['run']}")
+    console.print(f"classifier checkpoint: {clf['checkpoint']}  (run: {clf['run']})")
+    console.print(f"Explainer export: {exp['export']}  (run with mask panels: {exp['run']}/images)")
+    console.print(f"evaluation: {args.results}/results.json, results.md; example maps: {args.results}/examples.png")
     return summary
 
 

@@ -44,8 +44,25 @@ class ExplainerMetrics(pl.Callback):
         self.ground_truth = ground_truth
         self.metrics: dict[str, nn.ModuleDict] = {}
 
-    def _make(self, num_classes: int, device: torch.device) -> nn.ModuleDict:
+    def _make(self, num_classes: int, device: torch.device, batch: Any, classifier: nn.Module) -> nn.ModuleDict:
+        from explainer.metrics import PointingGame, SaliencyMetric, SegmentationMetrics
+
+        ground_truth: dict[str, nn.Module] = {}
+        source = self.ground_truth
+        if source == "auto":
+            has_masks = getattr(batch, "masks", None) is not None and bool(batch.mask_valid.any())
+            source = "masks" if has_masks else ("boxes" if getattr(batch, "boxes", None) is not None else "none")
+        if source != "none":
+            shorter = int(batch.orig_size.min()) if batch.orig_size is not None else min(batch.image.shape[-2:])
+            tolerance = ({"tolerance": self.pointing_tolerance} if self.pointing_tolerance is not None else
+                         {"tolerance": 15.0} if shorter >= 224 else {"tolerance_relative": 15 / 224})
+            ground_truth["pointing_game"] = PointingGame(num_classes, source=source, **tolerance)
+            ground_truth["segmentation"] = SegmentationMetrics(source=source)
+            if getattr(batch, "boxes", None) is not None:
+                ground_truth["box_segmentation"] = SegmentationMetrics(source="boxes")
+            ground_truth["saliency"] = SaliencyMetric(classifier)
         return nn.ModuleDict({
+            **ground_truth,
             "classification": MetricCollection({
                 "masked_accuracy": MultilabelAccuracy(num_labels=num_classes, average="micro"),
                 "masked_f1": MultilabelF1Score(num_labels=num_classes, average="macro"),
@@ -55,16 +72,27 @@ class ExplainerMetrics(pl.Callback):
             "inverse_entropy": MeanMetric(),
         }).to(device)
 
-    def _stage_metrics(self, stage: str, pl_module: pl.LightningModule) -> nn.ModuleDict:
+    def _stage_metrics(self, stage: str, pl_module: pl.LightningModule, batch: Any) -> nn.ModuleDict:
         if stage not in self.metrics:
-            self.metrics[stage] = self._make(int(pl_module.hparams.num_classes), pl_module.device)
+            self.metrics[stage] = self._make(int(pl_module.hparams.num_classes), pl_module.device, batch,
+                                             pl_module.classifier)
         return self.metrics[stage]
 
     def _update(self, stage: str, pl_module: pl.LightningModule, outputs: Any, batch: Any) -> None:
         if not isinstance(outputs, dict) or "mask_logits" not in outputs:
             return
-        m = self._stage_metrics(stage, pl_module)
+        m = self._stage_metrics(stage, pl_module, batch)
         targets = outputs["targets"]
+        if "pointing_game" in m:
+            from explainer.methods.base import gather_classes, present_classes
+
+            classes = present_classes(targets)
+            maps = gather_classes(torch.sigmoid(outputs["mask_logits"]), classes)
+            m["pointing_game"].update(maps, batch, classes)
+            m["segmentation"].update(maps, batch, classes)
+            if "box_segmentation" in m:
+                m["box_segmentation"].update(maps, batch, classes)
+            m["saliency"].update(batch.image, maps, classes)
         m["classification"].update(torch.sigmoid(outputs["masked_logits"]), targets.long())
         m["target_area"].update(outputs["target_mask"].flatten(1).mean(1))
         m["nontarget_area"].update(outputs["nontarget_mask"].flatten(1).mean(1))
@@ -78,6 +106,15 @@ class ExplainerMetrics(pl.Callback):
         values = {f"{prefix}{k}": v for k, v in m["classification"].compute().items()}
         for name in ("target_area", "nontarget_area", "inverse_entropy"):
             values[f"{prefix}{name}"] = m[name].compute()
+        picks = {"pointing_game": ("accuracy", "hit_rate"), "segmentation": ("c_iou", "d_iou", "c_f1", "mean_f1"),
+                 "box_segmentation": ("c_iou",), "saliency": ("saliency",)}
+        for group, keys in picks.items():
+            if group in m:
+                computed = m[group].compute()
+                for key in keys:
+                    label = "box_c_iou" if group == "box_segmentation" else (
+                        f"pointing_{key}" if group == "pointing_game" else key)
+                    values[f"{prefix}{label}"] = computed[key].float()
         pl_module.log_dict(values, sync_dist=False)
         for metric in m.values():
             metric.reset()

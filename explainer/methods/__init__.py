@@ -9,6 +9,7 @@ Importing this package registers every method with :func:`build_method`:
   through captum (:mod:`explainer.methods.gradients`);
 * ``extremal``: extremal perturbations (:mod:`explainer.methods.extremal`);
 * ``centre``, ``uniform``, ``oracle``: references that ignore the classifier (:mod:`explainer.methods.trivial`);
+* ``explainer``: a trained Explainer (:mod:`explainer.methods.explainer`);
 * ``smooth``: any method followed by Gaussian smoothing (:mod:`explainer.methods.smoothing`).
 """
 
@@ -33,6 +34,7 @@ from explainer.methods.infill import (
     RandomInfill,
     build_infill,
 )
+from explainer.methods.explainer import ExplainerAttribution  # noqa: F401  (registers "explainer")
 from explainer.methods.prototypes import PrototypeAttribution  # noqa: F401  (registers "prototypes")
 from explainer.methods.rise import RISE, rise_masks
 from explainer.methods.smoothing import SmoothedMethod, gaussian_smooth

@@ -1,0 +1,42 @@
+"""The trained Explainer as an attribution method: one forward pass gives every class's mask."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor, nn
+
+from explainer.methods.base import AttributionMethod, check_classes, gather_classes, register_method
+
+
+@register_method("explainer")
+class ExplainerAttribution(AttributionMethod):
+    """Masks of a trained Explainer, from an export folder or an ``ExplainerModule`` checkpoint.
+
+    Args:
+        classifier: unused (the Explainer does not query the classifier at inference); accepted for the
+            common interface.
+        path: the export folder (``checkpoints/<name>``) or a ``.ckpt`` of an ``ExplainerModule``.
+        model: an already loaded explainer (anything with ``forward(images) -> mask logits``) instead of
+            ``path``.
+    """
+
+    name = "explainer"
+
+    def __init__(self, classifier: nn.Module | None = None, path: str | Path | None = None,
+                 model: nn.Module | None = None) -> None:
+        super().__init__(classifier)
+        if (path is None) == (model is None):
+            raise ValueError("the 'explainer' method needs exactly one of path=<export folder or .ckpt> or model=")
+        if model is None:
+            from explainer.export import load
+
+            model = load(path)
+        self.model = model.eval()
+
+    def attribute(self, images: Tensor, classes: Tensor, **kwargs: Any) -> Tensor:
+        check_classes(images, classes)
+        self.model.to(images.device)
+        masks = self.model(images).sigmoid()
+        return gather_classes(masks, classes)
