@@ -1,0 +1,155 @@
+"""``evaluate.py``: every attribution method by every metric on a data module's test split.
+
+    python evaluate.py --data configs/data/digits.yaml --classifier checkpoints/quickstart/classifier.ckpt \\
+        --methods explainer=checkpoints/quickstart/explainer,rise,gradcam,bbmp --metrics all \\
+        --out results/digits --limit 200
+
+A method is ``name`` or ``name=value`` (the value is the explainer's export folder or checkpoint, or the
+prototype export of ``prototypes``); ``--option rise.num_masks=1000`` sets any method option. Writes
+``results.json`` (rows ``{method, metric, value, n, stderr, targets}``), ``results.md``, ``examples.png``
+(maps of every method) and ``curves.png`` (mean insertion / deletion curves). ``--resume`` keeps the rows
+of methods already in ``results.json`` and evaluates only the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from explainer.evaluation import METRIC_GROUPS, EvaluationSettings, parse_metrics
+
+VALUE_OPTIONS = {"explainer": "path", "prototypes": "prototypes", "smooth": "method"}
+
+
+def parse_methods(spec: str, options: list[str]) -> dict[str, dict[str, Any]]:
+    """``"explainer=path,rise"`` and ``["rise.num_masks=1000"]`` to ``{name: options}``, validated."""
+    from explainer.methods import available_methods
+
+    methods: dict[str, dict[str, Any]] = {}
+    for item in [s.strip() for s in spec.split(",") if s.strip()]:
+        name, _, value = item.partition("=")
+        if name not in available_methods():
+            raise ValueError(f"unknown method '{name}'; valid methods: {', '.join(available_methods())}")
+        methods[name] = {VALUE_OPTIONS[name]: value} if value and name in VALUE_OPTIONS else {}
+    for option in options:
+        key, _, value = option.partition("=")
+        name, _, field = key.partition(".")
+        if name not in methods or not field or not value:
+            raise ValueError(f"--option '{option}' must be <method>.<option>=<value> for a method in --methods")
+        methods[name][field] = yaml.safe_load(value)
+    if not methods:
+        raise ValueError("--methods names no method")
+    return methods
+
+
+def build_datamodule(path: str, overrides: list[str]) -> Any:
+    """A data module from a config YAML (``data: {class_path, init_args}``) plus ``key=value`` overrides."""
+    content = yaml.safe_load(Path(path).read_text()) or {}
+    spec = content.get("data", content)
+    if "class_path" not in spec:
+        raise ValueError(f"{path} holds no data module (expected 'data: {{class_path: ..., init_args: ...}}')")
+    args = dict(spec.get("init_args") or {})
+    for item in overrides:
+        key, _, value = item.partition("=")
+        args[key] = yaml.safe_load(value)
+    module_name, _, cls_name = spec["class_path"].rpartition(".")
+    return getattr(importlib.import_module(module_name), cls_name)(**args)
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    """Runs the evaluation (see the module docstring); returns the rows."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="data config YAML")
+    parser.add_argument("--data-arg", action="append", default=[], help="data init arg override key=value")
+    parser.add_argument("--classifier", required=True, help="ClassifierModule checkpoint")
+    parser.add_argument("--methods", required=True, help="comma-separated methods, e.g. explainer=<path>,rise")
+    parser.add_argument("--option", action="append", default=[], help="method option, e.g. rise.num_masks=1000")
+    parser.add_argument("--metrics", default="all", help=f"'all' or a comma list of {', '.join(METRIC_GROUPS)}")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--limit", type=int, default=None, help="at most this many test images")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the methods' randomness")
+    parser.add_argument("--targets", choices=["labels", "predictions"], default="labels")
+    parser.add_argument("--insertion-step", type=int, default=None, help="pixels per insertion/deletion step")
+    parser.add_argument("--pointing-tolerance", type=float, default=None, help="pointing-game radius in pixels")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    parser.add_argument("--resume", action="store_true", help="reuse the rows of methods already evaluated")
+    args = parser.parse_args(argv)
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from explainer.classifiers import FrozenClassifier
+    from explainer.evaluation import collect_batches, evaluate_method, save_example_grid, write_results
+    from explainer.methods import build_method
+
+    methods = parse_methods(args.methods, args.option)
+    settings = EvaluationSettings(metrics=parse_metrics(args.metrics), targets=args.targets, limit=args.limit,
+                                  pointing_tolerance=args.pointing_tolerance, insertion_step=args.insertion_step)
+    out = Path(args.out)
+    rows: list[dict[str, Any]] = []
+    if (out / "results.json").exists():
+        if not args.resume:
+            raise FileExistsError(f"{out / 'results.json'} exists; pass --resume to reuse it or choose another --out")
+        rows = json.loads((out / "results.json").read_text())
+    done = {r["method"] for r in rows}
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    datamodule = build_datamodule(args.data, args.data_arg)
+    classifier = FrozenClassifier.from_checkpoint(args.classifier, num_classes=datamodule.num_classes).to(device)
+    batches = collect_batches(datamodule, args.limit, device)
+    console = Console()
+    examples = {}
+    with Progress(console=console) as bar:
+        for name, options in methods.items():
+            if name in done:
+                console.print(f"{name}: reusing the rows in {out / 'results.json'}")
+                continue
+            torch.manual_seed(args.seed)
+            method = build_method(name, classifier, **options).to(device)
+            task = bar.add_task(f"{name}", total=sum(len(b) for b in batches))
+            method_rows, examples[name] = evaluate_method(
+                name, method, batches, classifier, datamodule.num_classes, settings,
+                progress=lambda n, t=task: bar.advance(t, n))
+            rows += method_rows
+            write_results(rows, out)  # after every method, so an interrupted run can --resume
+    write_results(rows, out)
+    if examples:
+        save_example_grid(examples, datamodule, out / "examples.png", datamodule.class_names)
+        save_curves(methods, examples, classifier, out / "curves.png", args.insertion_step)
+    console.print((out / "results.md").read_text())
+    return rows
+
+
+def save_curves(methods: dict[str, Any], examples: dict[str, dict[str, torch.Tensor]], classifier: Any,
+                path: Path, step: int | None) -> Path:
+    """Mean insertion and deletion curves of each method on its example images."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from explainer.callbacks.images import save_figure
+    from explainer.metrics.causal import insertion_deletion_curves
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    device = next(classifier.parameters()).device
+    for name, ex in examples.items():
+        valid = ex["classes"][:, :1] >= 0
+        if not valid.any():
+            continue
+        curves = insertion_deletion_curves(classifier, ex["images"].to(device), ex["maps"][:, :1].to(device),
+                                           ex["classes"][:, :1].to(device), step=step)
+        for ax, mode in zip(axes, ("insertion", "deletion"), strict=True):
+            curve = curves[mode][valid[:, 0].to(device), 0].mean(0).cpu()
+            ax.plot(torch.linspace(0, 1, len(curve)), curve, label=name)
+    for ax, mode in zip(axes, ("insertion", "deletion"), strict=True):
+        ax.set_title(f"{mode} (mean over example images)")
+        ax.set_xlabel("fraction of pixels")
+        ax.set_ylabel("class probability")
+    axes[1].legend(fontsize=7)
+    return save_figure(fig, path)
