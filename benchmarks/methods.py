@@ -34,7 +34,7 @@ from explainer.data.batch import collate  # noqa: E402
 from explainer.data.digits import DigitScenes  # noqa: E402
 from explainer.methods import available_methods, build_method, present_classes  # noqa: E402
 
-DEFAULT_METHODS = ["centre", "uniform", "gradient", "input_x_gradient", "guided_backprop", "integrated_gradients",
+DEFAULT_METHODS = ["explainer", "centre", "uniform", "gradient", "input_x_gradient", "guided_backprop", "integrated_gradients",
                    "gradcam", "gradcam++", "rise", "fido", "bbmp", "extremal"]
 ITERATIVE = {"fido": 300, "bbmp": 300, "extremal": 800}  # default schedules
 
@@ -54,6 +54,10 @@ def time_method(name: str, classifier: torch.nn.Module, images: torch.Tensor, cl
         options["num_masks"] = 4000
     if capped:
         options["iterations"] = max_iterations
+    if name == "explainer":  # the quickstart's mask network (random weights: the speed does not depend on them)
+        from explainer.nets import build_mask_net
+
+        options["model"] = build_mask_net("unet", 10, width=16, depth=3, stem_stride=2)
     method = build_method(name, classifier, **options).to(images.device)
     # warm-up on the same batch with a short schedule (allocations, kernel selection, lazy imports)
     warm = dict(options)
@@ -61,7 +65,7 @@ def time_method(name: str, classifier: torch.nn.Module, images: torch.Tensor, cl
         warm["iterations"] = 1
     if name == "rise":
         warm["num_masks"] = 16
-    build_method(name, classifier, **warm).to(images.device)(images, classes)
+    (method if name == "explainer" else build_method(name, classifier, **warm).to(images.device))(images, classes)
     if name == "rise":  # the mask bank is drawn once per image size and reused: not part of the timing
         method.mask_bank(*images.shape[-2:], images.device)
     times: list[float] = []
@@ -75,6 +79,7 @@ def time_method(name: str, classifier: torch.nn.Module, images: torch.Tensor, cl
         times.append(time.perf_counter() - start)
     seconds = min(times)
     assert maps.shape == (*classes.shape, *images.shape[-2:])
+    options = {k: (v if k != "model" else "unet(width=16, depth=3, stem_stride=2)") for k, v in options.items()}
     row = {"method": name, "batch_seconds": seconds, "per_image_seconds": seconds / images.shape[0],
            "extrapolated": False, "options": options}
     if capped:
@@ -124,7 +129,13 @@ def main(argv: list[str] | None = None) -> dict:
             if row["extrapolated"] else ""
         print(f"{name:<22}{row['per_image_seconds']:>12.4f}{row['batch_seconds']:>12.3f}  {note}", flush=True)
 
+    by_name = {r["method"]: r["per_image_seconds"] for r in rows}
+    ratios = {}
+    if "explainer" in by_name and "rise" in by_name:
+        ratios["rise_over_explainer"] = by_name["rise"] / by_name["explainer"]
+        print(f"RISE (N=4000) / Explainer time per image: {ratios['rise_over_explainer']:.0f}x (target >= 1000x)")
     result = {
+        "ratios": ratios,
         "setup": {
             "classifier": "digitnet, 10 classes, random weights (seed 0)", "image_size": 64, "batch": args.batch,
             "classes": args.classes, "pairs": pairs, "device": str(device), "threads": torch.get_num_threads(),
