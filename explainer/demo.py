@@ -72,8 +72,10 @@ DEMO_METHODS: dict[str, dict[str, Any]] = {
 
 
 def evaluate_quickstart(explainer_dir: Path, datamodule: Any, classifier: Any, out: Path, limit: int,
-                        baselines: bool) -> list[dict[str, Any]]:
-    """Evaluates the Explainer and the baselines on ``limit`` test images; writes results and pictures."""
+                        baselines: bool, baseline_limit: int = 48) -> list[dict[str, Any]]:
+    """Evaluates the Explainer and the references on ``limit`` test images and the slower baselines on the
+    first ``baseline_limit`` of them (without the class-specificity test, which needs every class's map);
+    writes results and pictures."""
     from rich.progress import Progress
 
     from explainer.evaluation import (
@@ -88,17 +90,22 @@ def evaluate_quickstart(explainer_dir: Path, datamodule: Any, classifier: Any, o
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     classifier = classifier.to(device).eval()
     batches = collect_batches(datamodule, limit, device)
+    few = collect_batches(datamodule, min(limit, baseline_limit), device)
     names = {"explainer": {"path": str(explainer_dir)}}
     names.update(DEMO_METHODS if baselines else {"centre": {}, "uniform": {}})
     rows, examples = [], {}
-    settings = EvaluationSettings(limit=limit, insertion_step=datamodule.image_size * 4)
+    step = datamodule.image_size * 4
+    full = EvaluationSettings(limit=limit, insertion_step=step)
+    light = EvaluationSettings(limit=baseline_limit, insertion_step=step,
+                               metrics=[m for m in full.metrics if m != "class_specificity"])
     with Progress(console=console) as bar:
         for name, options in names.items():
-            total = sum(len(b) for b in batches)
-            task = bar.add_task(f"evaluating {name}", total=total)
+            reference = name in ("explainer", "centre", "uniform")
+            data, settings = (batches, full) if reference else (few, light)
+            task = bar.add_task(f"evaluating {name}", total=sum(len(b) for b in data))
             method = build_method(name, classifier, **options).to(device)
             method_rows, examples[name] = evaluate_method(
-                name, method, batches, classifier, datamodule.num_classes, settings,
+                name, method, data, classifier, datamodule.num_classes, settings,
                 progress=lambda n, t=task: bar.advance(t, n))
             rows += method_rows
     write_results(rows, out)

@@ -64,6 +64,9 @@ class ExplainerModule(pl.LightningModule):
         weight_decay: Adam weight decay.
         init_from: fine-tune from an exported Explainer folder or an ``ExplainerModule`` checkpoint; class-head
             rows of classes shared by name are kept, the others re-initialised.
+        encoder_from_classifier: start the mask network's encoder from the classifier's trained features
+            (for ``classifier_unet``, whose encoder has the classifier's architecture); a copy is trained, the
+            classifier stays frozen.
         classifier_hash: the classifier's content hash, recorded at the first run and checked on loading.
     """
 
@@ -88,6 +91,7 @@ class ExplainerModule(pl.LightningModule):
         lr: float = 1e-4,
         weight_decay: float = 0.0,
         init_from: str | None = None,
+        encoder_from_classifier: bool = False,
         classifier_hash: str | None = None,
     ) -> None:
         super().__init__()
@@ -107,6 +111,11 @@ class ExplainerModule(pl.LightningModule):
         self.hparams.classifier_hash = self.classifier.content_hash
         self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
         self.mask_net = build_mask_net(mask_net, num_classes, **(mask_net_kwargs or {}))
+        if encoder_from_classifier:
+            if not hasattr(self.mask_net, "init_encoder_from"):
+                raise ValueError(f"mask network '{mask_net}' cannot start from the classifier's features; use "
+                                 "'classifier_unet'")
+            self.mask_net.init_encoder_from(self.classifier.net)
         self.weights = LossWeights(entropy, tv, class_area, target_area, nontarget_area, min_area, max_area)
         self.register_buffer("norm_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("norm_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)

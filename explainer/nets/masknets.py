@@ -216,3 +216,70 @@ def transfer_class_heads(
                 merged = state[key].clone()
         out[key] = merged
     return out
+
+
+@register_mask_net("classifier_unet")
+class ClassifierUNetMaskNet(nn.Module):
+    """A U-Net whose encoder has the classifier's own feature architecture.
+
+    The encoder is built from the classifier factory (``backbone``) and can start from the Explanandum's
+    trained features (``ExplainerModule(encoder_from_classifier=True)`` copies them; the classifier itself
+    stays frozen and separate). Where no pretrained backbone exists (the digit scenes), this gives the mask
+    network the classifier's recognition ability from the start, the role ImageNet weights play in the paper.
+    The decoder upsamples by 2 at each resolution change, fusing the encoder's last output at that
+    resolution, and a 1x1 head gives the class logits, resized bilinearly to the input.
+
+    Args:
+        num_classes: output channels (one per class).
+        backbone: a classifier-factory name whose ``features`` are a ``Sequential``.
+        width: decoder channels.
+        probe_size: image side used once to find the encoder's resolutions and channels.
+    """
+
+    head_prefix = "head."
+
+    def __init__(self, num_classes: int, backbone: str = "digitnet", width: int = 32, probe_size: int = 64) -> None:
+        super().__init__()
+        from explainer.classifiers.factory import build_classifier
+
+        features = build_classifier(backbone, num_classes).features
+        if not isinstance(features, nn.Sequential):
+            raise ValueError(f"classifier_unet needs a backbone whose features are an nn.Sequential; '{backbone}' has "
+                             f"{type(features).__name__}")
+        self.backbone = backbone
+        self.encoder = features
+        with torch.no_grad():
+            was = self.encoder.training
+            self.encoder.eval()
+            shapes = [tuple(t.shape[1:]) for t in self._encode(torch.zeros(1, 3, probe_size, probe_size))]
+            self.encoder.train(was)
+        # for each resolution, the last layer output at it (skips), from fine to coarse
+        self.skip_index = [i for i in range(len(shapes)) if i + 1 == len(shapes) or shapes[i + 1][1:] != shapes[i][1:]]
+        channels = [shapes[i][0] for i in self.skip_index]
+        self.lateral = nn.ModuleList([nn.Conv2d(c, width, 1) for c in channels])
+        self.fuse = nn.ModuleList([
+            nn.Sequential(nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+            for _ in channels[:-1]
+        ])
+        self.head = nn.Conv2d(width, num_classes, 1)
+
+    def _encode(self, x: Tensor) -> list[Tensor]:
+        outs = []
+        for layer in self.encoder:
+            x = layer(x)
+            outs.append(x)
+        return outs
+
+    def init_encoder_from(self, classifier_net: nn.Module) -> None:
+        """Copies the classifier's trained feature weights into the encoder."""
+        self.encoder.load_state_dict(classifier_net.features.state_dict())
+
+    def forward(self, x: Tensor) -> Tensor:
+        outs = self._encode(x)
+        skips = [outs[i] for i in self.skip_index]
+        y = self.lateral[-1](skips[-1])
+        for level in range(len(skips) - 2, -1, -1):
+            lateral = self.lateral[level](skips[level])
+            y = F.interpolate(y, size=lateral.shape[-2:], mode="bilinear", align_corners=False) + lateral
+            y = self.fuse[level](y)
+        return F.interpolate(self.head(y), size=x.shape[-2:], mode="bilinear", align_corners=False)
