@@ -67,7 +67,7 @@ def train_explainer(out: Path, classifier: str, extra: list[str]) -> dict[str, A
 DEMO_METHODS: dict[str, dict[str, Any]] = {
     "centre": {}, "uniform": {},
     "gradcam": {}, "gradient": {}, "input_x_gradient": {}, "integrated_gradients": {"steps": 16},
-    "guided_backprop": {}, "rise": {"num_masks": 2000}, "bbmp": {"iterations": 100},
+    "guided_backprop": {}, "rise": {"num_masks": 1000}, "bbmp": {"iterations": 50},
 }
 
 
