@@ -44,6 +44,15 @@ def run_dir(trainer: pl.Trainer) -> Path:
     return Path(logger.save_dir or trainer.default_root_dir) / str(logger.name) / version
 
 
+def finish_loggers(trainer: pl.Trainer) -> None:
+    """Closes the run's wandb run, so that a later run in the same process gets its own."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger) and logger._experiment is not None:
+            logger.experiment.finish()
+
+
 class SaveRunConfig(SaveConfigCallback):
     """Saves the resolved config as ``config.yaml`` in the run's own folder (never over another run's)."""
 
@@ -121,4 +130,4 @@ def train_main(args: list[str] | None = None) -> ExplainerCLI:
     return make_cli(args)
 
 
-__all__ = ["ExplainerCLI", "RichProgressBar", "SaveRunConfig", "default_logger", "make_cli", "run_dir", "train_main"]
+__all__ = ["ExplainerCLI", "finish_loggers", "RichProgressBar", "SaveRunConfig", "default_logger", "make_cli", "run_dir", "train_main"]

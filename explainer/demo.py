@@ -36,7 +36,7 @@ def _stage(title: str) -> float:
 
 def train_classifier(out: Path, extra: list[str]) -> dict[str, Any]:
     """Fits and tests the quickstart classifier; copies its best checkpoint to ``out/classifier.ckpt``."""
-    from explainer.cli import make_cli, run_dir
+    from explainer.cli import finish_loggers, make_cli, run_dir
 
     cli = make_cli(["fit", "--config", str(CONFIGS / "classifier.yaml"), *extra])
     best = cli.trainer.checkpoint_callback.best_model_path
@@ -46,20 +46,28 @@ def train_classifier(out: Path, extra: list[str]) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     target = out / "classifier.ckpt"
     shutil.copyfile(best, target)
+    finish_loggers(cli.trainer)
     return {"checkpoint": str(target), "run": str(run_dir(cli.trainer)),
             "test/mAP": results["test/mAP"], "test/F1": results["test/F1"]}
 
 
 def train_explainer(out: Path, classifier: str, extra: list[str]) -> dict[str, Any]:
     """Fits the quickstart Explainer; its ExportExplainer callback writes ``out/explainer``."""
-    from explainer.cli import make_cli, run_dir
+    from explainer.cli import finish_loggers, make_cli, run_dir
 
     cli = make_cli(["fit", "--config", str(CONFIGS / "explainer.yaml"), "--model.init_args.classifier", classifier,
-                    *extra])
+                    # the last callback of the config is the ExportExplainer: export into --out
+                    "--trainer.callbacks.init_args.folder", str(out / "explainer"), *extra])
+    from explainer.callbacks import ExportExplainer
+
+    exported = [c.exported for c in cli.trainer.callbacks if isinstance(c, ExportExplainer) and c.exported]
+    if not exported:
+        raise RuntimeError("the Explainer run exported nothing; see the log above")
     results = cli.trainer.validate(cli.model, datamodule=cli.datamodule,
                                    ckpt_path=cli.trainer.checkpoint_callback.best_model_path or None,
                                    weights_only=True, verbose=False)[0]
-    return {"export": str(out / "explainer"), "run": str(run_dir(cli.trainer)),
+    finish_loggers(cli.trainer)
+    return {"export": str(exported[0]), "run": str(run_dir(cli.trainer)),
             "val/loss": results.get("val/loss"), "datamodule": cli.datamodule, "classifier": cli.model.classifier}
 
 
@@ -72,7 +80,7 @@ DEMO_METHODS: dict[str, dict[str, Any]] = {
 
 
 def evaluate_quickstart(explainer_dir: Path, datamodule: Any, classifier: Any, out: Path, limit: int,
-                        baselines: bool, baseline_limit: int = 48) -> list[dict[str, Any]]:
+                        baselines: bool, baseline_limit: int = 32) -> list[dict[str, Any]]:
     """Evaluates the Explainer and the references on ``limit`` test images and the slower baselines on the
     first ``baseline_limit`` of them (without the class-specificity test, which needs every class's map);
     writes results and pictures."""
@@ -148,7 +156,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     summary["stages"]["explainer"] = time.perf_counter() - start
 
     start = _stage("3/4  evaluation on the test split (ground-truth classes)")
-    rows = evaluate_quickstart(out / "explainer", exp.pop("datamodule"), exp.pop("classifier"), Path(args.results),
+    rows = evaluate_quickstart(Path(exp["export"]), exp.pop("datamodule"), exp.pop("classifier"), Path(args.results),
                                args.limit, baselines=not args.no_baselines)
     summary["explainer"] = exp
     summary["stages"]["evaluation"] = time.perf_counter() - start
