@@ -46,11 +46,10 @@ def log_figure(trainer: pl.Trainer, key: str, fig: Any) -> Path:
 
 def denormalize(images: torch.Tensor, datamodule: Any) -> torch.Tensor:
     """Maps normalised images back to ``[0, 1]`` with the data module's constants (ImageNet if absent)."""
-    mean = getattr(datamodule, "mean", (0.485, 0.456, 0.406))
-    std = getattr(datamodule, "std", (0.229, 0.224, 0.225))
-    mean_t = torch.tensor(mean, device=images.device).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, device=images.device).view(1, 3, 1, 1)
-    return (images * std_t + mean_t).clamp(0, 1)
+    from explainer.data.base import IMAGENET_MEAN, IMAGENET_STD
+    from explainer.data.base import denormalize as to_rgb
+
+    return to_rgb(images, getattr(datamodule, "mean", IMAGENET_MEAN), getattr(datamodule, "std", IMAGENET_STD))
 
 
 class PredictionPanel(pl.Callback):

@@ -15,6 +15,14 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def denormalize(images: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN,
+                std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
+    """Maps images ``[..., 3, H, W]`` normalised with ``mean`` / ``std`` back to ``[0, 1]`` RGB."""
+    mean_t = torch.tensor(mean, device=images.device, dtype=images.dtype).view(3, 1, 1)
+    std_t = torch.tensor(std, device=images.device, dtype=images.dtype).view(3, 1, 1)
+    return (images * std_t + mean_t).clamp(0, 1)
+
+
 class ExplainerDataModule(pl.LightningDataModule):
     """Common behaviour of the project's data modules.
 
@@ -62,9 +70,7 @@ class ExplainerDataModule(pl.LightningDataModule):
 
     def denormalize(self, image: torch.Tensor) -> torch.Tensor:
         """Maps normalised images ``[..., 3, H, W]`` back to ``[0, 1]`` RGB."""
-        mean = torch.tensor(self.mean, device=image.device).view(3, 1, 1)
-        std = torch.tensor(self.std, device=image.device).view(3, 1, 1)
-        return (image * std + mean).clamp(0, 1)
+        return denormalize(image, self.mean, self.std)
 
     # -- loaders -----------------------------------------------------------------------------------------
     def _dataset(self, split: str) -> Dataset:

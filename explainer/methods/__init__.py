@@ -23,6 +23,7 @@ from explainer.methods.base import (
     register_method,
 )
 from explainer.methods.cam import GradCAM, GradCAMPlusPlus, default_cam_layer
+from explainer.methods.explainer import ExplainerAttribution  # noqa: F401  (registers "explainer")
 from explainer.methods.extremal import BlurPyramid, ExtremalPerturbation, SmoothMask
 from explainer.methods.fido import BBMP, FIDO
 from explainer.methods.gradients import Gradient, GuidedBackprop, InputXGradient, IntegratedGradients
@@ -34,7 +35,6 @@ from explainer.methods.infill import (
     RandomInfill,
     build_infill,
 )
-from explainer.methods.explainer import ExplainerAttribution  # noqa: F401  (registers "explainer")
 from explainer.methods.prototypes import PrototypeAttribution  # noqa: F401  (registers "prototypes")
 from explainer.methods.rise import RISE, rise_masks
 from explainer.methods.smoothing import SmoothedMethod, gaussian_smooth

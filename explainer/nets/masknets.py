@@ -124,17 +124,25 @@ class _TorchvisionSegmentation(nn.Module):
         return self.model(x)["out"]  # torchvision upsamples bilinearly to the input size
 
 
-def _backbone_weights(weights_backbone: str | None) -> tuple[Any, Path | None]:
-    """A torchvision weights name goes to torchvision; a file path is loaded afterwards."""
-    if weights_backbone and Path(weights_backbone).suffix in (".pt", ".pth", ".safetensors"):
-        return None, Path(weights_backbone)
-    return weights_backbone, None
+def _torchvision_segmentation(builder_name: str, num_classes: int, weights_backbone: str | None,
+                              head_prefix: str, **kwargs: Any) -> nn.Module:
+    """Builds a torchvision segmentation model with a random head and the requested backbone weights.
 
+    ``weights_backbone`` is ``None`` (random), a torchvision weights name (downloaded once) or a state-dict
+    file of the torchvision backbone (``.pt`` / ``.pth`` / ``.safetensors``, loaded non-strictly).
+    """
+    import torchvision.models.segmentation as segmentation
 
-def _load_backbone_file(backbone: nn.Module, path: Path) -> None:
     from explainer.classifiers.factory import load_backbone_weights
 
-    load_backbone_weights(backbone, path)
+    path = None
+    if weights_backbone and Path(weights_backbone).suffix in (".pt", ".pth", ".safetensors"):
+        weights_backbone, path = None, Path(weights_backbone)
+    model = getattr(segmentation, builder_name)(weights=None, weights_backbone=weights_backbone,
+                                                num_classes=num_classes, **kwargs)
+    if path is not None:
+        load_backbone_weights(model.backbone, path)
+    return _TorchvisionSegmentation(model, head_prefix)
 
 
 @register_mask_net("deeplabv3_resnet50")
@@ -146,37 +154,21 @@ def deeplabv3_resnet50(num_classes: int, weights_backbone: str | None = None) ->
         weights_backbone: ``None`` (random), a torchvision weights name (``IMAGENET1K_V1``, downloaded once)
             or a state-dict file of a torchvision ResNet-50 (loaded into the backbone).
     """
-    from torchvision.models.segmentation import deeplabv3_resnet50 as tv_deeplab
-
-    name, path = _backbone_weights(weights_backbone)
-    model = tv_deeplab(weights=None, weights_backbone=name, num_classes=num_classes, aux_loss=False)
-    if path is not None:
-        _load_backbone_file(model.backbone, path)
-    return _TorchvisionSegmentation(model, "model.classifier.4.")
+    return _torchvision_segmentation("deeplabv3_resnet50", num_classes, weights_backbone, "model.classifier.4.",
+                                     aux_loss=False)
 
 
 @register_mask_net("deeplabv3_mobilenet_v3_large")
 def deeplabv3_mobilenet(num_classes: int, weights_backbone: str | None = None) -> nn.Module:
     """DeepLabV3 on MobileNetV3-Large: a lighter network for CPU (torchvision)."""
-    from torchvision.models.segmentation import deeplabv3_mobilenet_v3_large
-
-    name, path = _backbone_weights(weights_backbone)
-    model = deeplabv3_mobilenet_v3_large(weights=None, weights_backbone=name, num_classes=num_classes, aux_loss=False)
-    if path is not None:
-        _load_backbone_file(model.backbone, path)
-    return _TorchvisionSegmentation(model, "model.classifier.4.")
+    return _torchvision_segmentation("deeplabv3_mobilenet_v3_large", num_classes, weights_backbone,
+                                     "model.classifier.4.", aux_loss=False)
 
 
 @register_mask_net("lraspp_mobilenet_v3_large")
 def lraspp_mobilenet(num_classes: int, weights_backbone: str | None = None) -> nn.Module:
     """LR-ASPP on MobileNetV3-Large: the lightest torchvision segmentation network."""
-    from torchvision.models.segmentation import lraspp_mobilenet_v3_large
-
-    name, path = _backbone_weights(weights_backbone)
-    model = lraspp_mobilenet_v3_large(weights=None, weights_backbone=name, num_classes=num_classes)
-    if path is not None:
-        _load_backbone_file(model.backbone, path)
-    return _TorchvisionSegmentation(model, "model.classifier.")
+    return _torchvision_segmentation("lraspp_mobilenet_v3_large", num_classes, weights_backbone, "model.classifier.")
 
 
 def transfer_class_heads(
