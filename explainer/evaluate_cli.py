@@ -9,6 +9,19 @@ prototype export of ``prototypes``); ``--option rise.num_masks=1000`` sets any m
 ``results.json`` (rows ``{method, metric, value, n, stderr, targets}``), ``results.md``, ``examples.png``
 (maps of every method) and ``curves.png`` (mean insertion / deletion curves). ``--resume`` keeps the rows
 of methods already in ``results.json`` and evaluates only the others.
+
+``--layer input,final`` runs the gradient methods and Grad-CAM at those layers (ML-Att: ``input``,
+``middle``, ``final`` or a dotted module name; rows ``<method>@<layer>``); ``--smooth K`` smooths every
+method's maps with a Gaussian of kernel K and sigma K/4 (rows ``<method>+smooth<K>``).
+
+Controlled protocols (Rao et al., CVPR 2022) on grids of the test split's confidently classified images::
+
+    python evaluate.py --data configs/data/digit_grids.yaml --classifier checkpoints/quickstart/classifier.ckpt \
+        --protocol difull --methods explainer=checkpoints/quickstart/explainer_difull,gradcam,gradient \
+        --layer input,final --out results/difull --limit 200
+
+score each map by the share of its positive attribution inside the explained cell and write, besides the
+tables, ``scores.png`` (box plots) and the AggAtt figures ``aggatt.png`` and ``aggatt/<method>.png``.
 """
 
 from __future__ import annotations
@@ -23,6 +36,7 @@ import torch
 import yaml
 
 from explainer.evaluation import METRIC_GROUPS, EvaluationSettings, parse_metrics
+from explainer.protocol_eval import expand_methods
 
 VALUE_OPTIONS = {"explainer": "path", "prototypes": "prototypes", "smooth": "method"}
 
@@ -79,7 +93,22 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--pointing-tolerance", type=float, default=None, help="pointing-game radius in pixels")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--resume", action="store_true", help="reuse the rows of methods already evaluated")
+    parser.add_argument("--layer", default=None,
+                        help="ML-Att: comma list of layers for the gradient methods and Grad-CAM "
+                             "(input, middle, final or a module name)")
+    parser.add_argument("--smooth", type=int, default=None, metavar="K",
+                        help="smooth every map with a Gaussian of odd kernel K and sigma K/4")
+    parser.add_argument("--protocol", choices=["gridpg", "difull", "dipart"], default=None,
+                        help="evaluate on grids of the test split under this protocol (localisation score)")
+    parser.add_argument("--grid-size", type=int, default=2, help="n of the n x n grids (with --protocol)")
+    parser.add_argument("--confidence", type=float, default=0.99,
+                        help="least classifier confidence of a grid cell's image (with --protocol)")
     args = parser.parse_args(argv)
+    if args.smooth is not None and (args.smooth < 1 or args.smooth % 2 == 0):
+        parser.error(f"--smooth needs a positive odd kernel size, got {args.smooth}")
+    layers = [s.strip() for s in args.layer.split(",") if s.strip()] if args.layer else None
+    if args.protocol is not None:
+        return protocol_main(args, layers)
 
     from rich.console import Console
     from rich.progress import Progress
@@ -105,15 +134,17 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     console = Console()
     examples = {}
     with Progress(console=console) as bar:
-        for name, options in methods.items():
+        for name, method_name, options, notes in expand_methods(methods, layers, args.smooth):
+            for note in notes:
+                console.print(f"[yellow]{note}")
             if name in done:
                 console.print(f"{name}: reusing the rows in {out / 'results.json'}")
                 continue
             torch.manual_seed(args.seed)
-            method = build_method(name, classifier, **options).to(device)
+            method = build_method(method_name, classifier, **options).to(device)
             task = bar.add_task(f"{name}", total=sum(len(b) for b in batches))
             method_rows, examples[name] = evaluate_method(
-                name, method, batches, classifier, datamodule.num_classes, settings,
+                method_name, method, batches, classifier, datamodule.num_classes, settings,
                 progress=lambda n, t=task: bar.advance(t, n))
             rows += method_rows
             write_results(rows, out)  # after every method, so an interrupted run can --resume
@@ -121,6 +152,68 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if examples:
         save_example_grid(examples, datamodule, out / "examples.png", datamodule.class_names)
         save_curves(methods, examples, classifier, out / "curves.png", args.insertion_step)
+    console.print((out / "results.md").read_text())
+    return rows
+
+
+def protocol_main(args: argparse.Namespace, layers: list[str] | None) -> list[dict[str, Any]]:
+    """``evaluate.py --protocol``: localisation scores, box plots and AggAtt on grids of the test split."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from explainer.aggatt import aggatt_bins
+    from explainer.classifiers import FrozenClassifier
+    from explainer.classifiers.protocols import wrap_for_protocol
+    from explainer.data.grid import GridDataModule
+    from explainer.evaluation import collect_batches, write_results
+    from explainer.methods import build_method
+    from explainer.protocol_eval import evaluate_grid_method, metric_rows, save_aggatt_figures, save_score_boxplot
+
+    if args.metrics not in ("all", "localisation"):
+        raise ValueError(f"under --protocol the metric is the localisation score ('all' or 'localisation'), got "
+                         f"'{args.metrics}'")
+    methods = parse_methods(args.methods, args.option)
+    out = Path(args.out)
+    rows: list[dict[str, Any]] = []
+    if (out / "results.json").exists():
+        if not args.resume:
+            raise FileExistsError(f"{out / 'results.json'} exists; pass --resume to reuse it or choose another --out")
+        rows = json.loads((out / "results.json").read_text())
+    done = {r["method"] for r in rows}
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    source = build_datamodule(args.data, args.data_arg)
+    grids = GridDataModule(source, args.classifier, protocol=args.protocol, grid_size=args.grid_size,
+                           confidence=args.confidence, test_grids=args.limit or 200, seed=args.seed,
+                           batch_size=source.batch_size)
+    batches = collect_batches(grids, None, device)
+    classifier = FrozenClassifier.from_checkpoint(args.classifier, num_classes=source.num_classes)
+    wrapped = wrap_for_protocol(classifier, args.protocol, args.grid_size).to(device)
+    console = Console()
+    console.print(f"{args.protocol}: {sum(len(b) for b in batches)} {args.grid_size}x{args.grid_size} grids, cell "
+                  f"images at confidence >= {grids.thresholds['test']}")
+    aggregates: dict[str, torch.Tensor] = {}
+    distributions: dict[str, torch.Tensor] = {}
+    with Progress(console=console) as bar:
+        for name, method_name, options, notes in expand_methods(methods, layers, args.smooth):
+            for note in notes:
+                console.print(f"[yellow]{note}")
+            if name in done:
+                console.print(f"{name}: reusing the rows in {out / 'results.json'}")
+                continue
+            torch.manual_seed(args.seed)
+            method = build_method(method_name, wrapped, **options).to(device)
+            task = bar.add_task(name, total=sum(len(b) for b in batches))
+            metric, maps, scores, seconds = evaluate_grid_method(
+                method, batches, args.protocol, args.grid_size, progress=lambda n, t=task: bar.advance(t, n))
+            rows += metric_rows(name, args.protocol, metric, seconds, sum(len(b) for b in batches))
+            distributions[name] = metric.scores().cpu()
+            aggregates[name] = aggatt_bins(maps, scores)
+            write_results(rows, out)
+    write_results(rows, out)
+    if distributions:
+        save_score_boxplot(distributions, out / "scores.png", args.protocol, args.grid_size)
+        save_aggatt_figures(aggregates, out, args.grid_size, args.protocol)
+        torch.save({"scores": distributions, "aggatt": aggregates}, out / "distributions.pt")
     console.print((out / "results.md").read_text())
     return rows
 

@@ -22,7 +22,7 @@ from explainer.methods.base import (
     present_classes,
     register_method,
 )
-from explainer.methods.cam import GradCAM, GradCAMPlusPlus, default_cam_layer
+from explainer.methods.cam import GradCAM, GradCAMPlusPlus, default_cam_layer, layer_by_role
 from explainer.methods.explainer import ExplainerAttribution  # noqa: F401  (registers "explainer")
 from explainer.methods.extremal import BlurPyramid, ExtremalPerturbation, SmoothMask
 from explainer.methods.fido import BBMP, FIDO
@@ -69,6 +69,7 @@ __all__ = [
     "check_classes",
     "default_cam_layer",
     "gather_classes",
+    "layer_by_role",
     "gaussian_smooth",
     "present_classes",
     "register_method",

@@ -44,6 +44,9 @@ def default_cam_layer(classifier: nn.Module) -> str:
     Raises:
         ValueError: for a model without a ``features`` part, listing the layer names to choose from.
     """
+    wrapped = getattr(classifier, "net", None)
+    if isinstance(getattr(wrapped, "default_layer", None), str):  # a protocol wrapper: its grid feature map
+        return f"net.{wrapped.default_layer}"
     prefix, net = "", classifier
     if not isinstance(net, ClassifierNet) and isinstance(getattr(classifier, "net", None), ClassifierNet):
         prefix, net = "net.", classifier.net
@@ -60,6 +63,35 @@ def default_cam_layer(classifier: nn.Module) -> str:
         if isinstance(last, nn.Sequential) and len(last) > 0 and len(list(last[-1].children())) > 0:
             name += f".{len(last) - 1}"
     return name
+
+
+def layer_by_role(classifier: nn.Module, layer: str | None) -> str | None:
+    """Resolves a layer spec for layer attribution (ML-Att): ``input`` (or ``None``) gives ``None`` (the
+    image itself); ``final`` the default Grad-CAM layer (:func:`default_cam_layer`); ``middle`` the block
+    halfway through the classifier's ``features``; anything else is taken as a dotted module name.
+
+    Raises:
+        ValueError: ``middle`` on a model without a ``features`` sequence, or on a DiFull wrapper (whose
+            backbone sees the cells one by one, so its inner layers hold no grid-shaped map).
+    """
+    if layer is None or layer == "input":
+        return None
+    if layer == "final":
+        return default_cam_layer(classifier)
+    if layer != "middle":
+        return layer
+    wrapped = getattr(classifier, "net", None)
+    if getattr(wrapped, "protocol", None) == "difull":
+        raise ValueError("under DiFull only the input and final layers hold one map per grid (the backbone sees "
+                         "each cell separately); use --layer input or final")
+    prefix, net = ("net.base.", wrapped.base) if hasattr(wrapped, "base") else ("", classifier)
+    if not isinstance(net, ClassifierNet) and isinstance(getattr(net, "net", None), ClassifierNet):
+        prefix, net = "net.", net.net
+    feats = getattr(net, "features", None)
+    if not isinstance(feats, nn.Sequential) or len(feats) < 2:
+        raise ValueError(f"cannot choose a middle layer for {type(classifier).__name__}; pass a layer name, one "
+                         f"of: {', '.join(named_layers(classifier))}")
+    return f"{prefix}features.{len(feats) // 2 - 1}"
 
 
 def cam_weights(activations: Tensor, grads: Tensor, variant: str) -> Tensor:
@@ -82,7 +114,9 @@ class _CAM(AttributionMethod):
         super().__init__(classifier)
         if classifier is None:
             raise ValueError(f"{type(self).__name__} needs the classifier to explain")
-        self.layer = layer if layer is not None else default_cam_layer(classifier)
+        self.layer = layer_by_role(classifier, layer or "final")
+        if self.layer is None:
+            raise ValueError(f"{type(self).__name__} needs a convolutional layer, not the input")
         resolve_layer(classifier, self.layer)  # fails early, listing the valid names
         self.batch_size = int(batch_size)
 
@@ -134,7 +168,8 @@ class GradCAM(_CAM):
     Args:
         classifier: the model explained (logits); the class logit is the score.
         layer: dotted name of the target layer on ``classifier`` (``net.features.5``, or ``features.5``
-            relative to a wrapper's ``net``); ``None`` picks :func:`default_cam_layer`.
+            relative to a wrapper's ``net``), or ``middle`` / ``final`` (:func:`layer_by_role`); ``None``
+            picks :func:`default_cam_layer`.
         batch_size: (image, class) pairs per forward/backward pass.
     """
 

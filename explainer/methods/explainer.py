@@ -39,4 +39,10 @@ class ExplainerAttribution(AttributionMethod):
         check_classes(images, classes)
         self.model.to(images.device)
         masks = self.model(images).sigmoid()
+        if classes.numel() and int(classes.max()) >= masks.shape[1]:
+            raise ValueError(
+                f"the Explainer predicts {masks.shape[1]} class masks but class {int(classes.max())} was asked "
+                "for; under --protocol difull/dipart the classes are per cell: train an Explainer against the "
+                "wrapped classifier (configs/quickstart/explainer_difull.yaml)"
+            )
         return gather_classes(masks, classes)

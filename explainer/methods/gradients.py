@@ -11,6 +11,13 @@ one map by summing over the channels:
   positive values are evidence for the class and negative values against it (the energy pointing game and
   GridPG count only the positive part). ``absolute=True`` sums absolute values instead.
 
+**Layer attribution (ML-Att, Rao et al., CVPR 2022).** With ``layer`` set (a dotted module name, or
+``input`` / ``middle`` / ``final``, see :func:`~explainer.methods.cam.layer_by_role`), the layer's
+activations ``A`` take the place of the input: ``gradient`` sums ``|dy/dA|``, ``input_x_gradient`` sums
+``A * dy/dA`` and ``integrated_gradients`` sums ``A * mean_t dy/dA(t A)`` (path from zero activations,
+``steps`` midpoints) over the channels; the maps are upsampled bilinearly to the input size. Guided
+backprop has no layer form.
+
 captum is an optional dependency (``pip install explainer[eval]``).
 """
 
@@ -20,10 +27,11 @@ import warnings
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from explainer.methods.base import AttributionMethod, check_classes, register_method
-from explainer.methods.common import chunk_slices, eval_mode, scatter_pairs, valid_pairs
+from explainer.methods.common import chunk_slices, eval_mode, resolve_layer, scatter_pairs, valid_pairs
 
 
 def _captum_attr() -> Any:
@@ -36,16 +44,82 @@ def _captum_attr() -> Any:
     return captum.attr
 
 
+def layer_attribution(classifier: nn.Module, layer: nn.Module, inputs: Tensor, targets: Tensor, kind: str,
+                      steps: int = 1) -> Tensor:
+    """Per-channel attributions ``[N, D, h, w]`` at ``layer``'s output (see the module docstring).
+
+    Args:
+        classifier: the model (logits).
+        layer: a module of ``classifier`` whose output is a ``[N, D, h, w]`` tensor.
+        inputs: ``[N, 3, H, W]`` images.
+        targets: ``[N]`` class index per image.
+        kind: ``gradient``, ``input_x_gradient`` or ``integrated_gradients``.
+        steps: path points of integrated gradients (midpoint rule).
+    """
+    store: dict[str, Tensor] = {}
+    reps = steps if kind == "integrated_gradients" else 1
+    alphas = ((torch.arange(reps, device=inputs.device, dtype=inputs.dtype) + 0.5) / reps
+              if kind == "integrated_gradients" else None)
+
+    def hook(module: nn.Module, args: object, output: object) -> Tensor:
+        if not isinstance(output, Tensor) or output.ndim != 4:
+            raise ValueError(f"layer attribution needs a layer with a [N, D, h, w] output, got "
+                             f"{type(output).__name__}{tuple(output.shape) if isinstance(output, Tensor) else ''}")
+        acts = output.detach()
+        if alphas is not None:
+            acts = acts.reshape(reps, -1, *acts.shape[1:])
+            store["a"] = acts[0]
+            scaled = (alphas.view(-1, 1, 1, 1, 1) * acts).reshape(-1, *acts.shape[2:])
+        else:
+            store["a"] = acts
+            scaled = acts
+        store["z"] = scaled.requires_grad_(True)
+        return store["z"]
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        batch = inputs.repeat(reps, 1, 1, 1) if reps > 1 else inputs
+        logits = classifier(batch)
+    finally:
+        handle.remove()
+    if "z" not in store:
+        raise ValueError("the attributed layer was not used by the classifier's forward pass")
+    score = logits.gather(1, targets.repeat(reps).view(-1, 1)).sum()
+    (grads,) = torch.autograd.grad(score, store["z"])
+    grads = grads.reshape(reps, -1, *grads.shape[1:]).mean(0)
+    return grads if kind == "gradient" else grads * store["a"]
+
+
 class _CaptumMethod(AttributionMethod):
     needs_grad = True
     default_absolute = False
+    layer_kind: str | None = None  # the kind of layer_attribution, None: no layer form
 
-    def __init__(self, classifier: nn.Module | None = None, batch_size: int = 64, absolute: bool | None = None) -> None:
+    def __init__(self, classifier: nn.Module | None = None, batch_size: int = 64, absolute: bool | None = None,
+                 layer: str | None = None) -> None:
         super().__init__(classifier)
         if classifier is None:
             raise ValueError(f"{type(self).__name__} needs the classifier to explain")
         self.batch_size = int(batch_size)
         self.absolute = self.default_absolute if absolute is None else bool(absolute)
+        from explainer.methods.cam import layer_by_role
+
+        self.layer = layer_by_role(classifier, layer) if layer is not None else None
+        if self.layer is not None:
+            if self.layer_kind is None:
+                raise ValueError(f"{type(self).__name__} has no layer form; run it at the input (no layer)")
+            resolve_layer(classifier, self.layer)  # fails early, listing the valid names
+
+    def layer_steps(self) -> int:
+        return 1
+
+    def per_channel(self, inputs: Tensor, targets: Tensor) -> Tensor:
+        """Per-channel attributions at the input (captum) or at ``layer``, upsampled to the input size."""
+        if self.layer is None:
+            return self.captum_attribute(inputs, targets)
+        attr = layer_attribution(self.classifier, resolve_layer(self.classifier, self.layer), inputs, targets,
+                                 self.layer_kind or "", self.layer_steps())
+        return attr
 
     def captum_attribute(self, inputs: Tensor, targets: Tensor) -> Tensor:
         """Per-channel attributions ``[N, 3, H, W]`` from captum."""
@@ -59,8 +133,12 @@ class _CaptumMethod(AttributionMethod):
         with torch.enable_grad(), eval_mode(self.classifier):
             for part in chunk_slices(len(b_idx), self.batch_size):
                 inputs = images[b_idx[part]].detach().clone().requires_grad_(True)
-                attr = self.captum_attribute(inputs, c_idx[part]).detach()
-                maps.append((attr.abs() if self.absolute else attr).sum(1))
+                attr = self.per_channel(inputs, c_idx[part]).detach()
+                summed = (attr.abs() if self.absolute else attr).sum(1)
+                if summed.shape[-2:] != images.shape[-2:]:
+                    summed = F.interpolate(summed[:, None], size=images.shape[-2:], mode="bilinear",
+                                           align_corners=False)[:, 0]
+                maps.append(summed)
         values = torch.cat(maps) if maps else images.new_zeros(0, *images.shape[-2:])
         return scatter_pairs(values.to(images.dtype), b_idx, k_idx, tuple(classes.shape))
 
@@ -73,10 +151,12 @@ class Gradient(_CaptumMethod):
         classifier: the model explained (logits).
         batch_size: (image, class) pairs per backward pass.
         absolute: sum absolute values over channels (default True; False sums signed gradients).
+        layer: attribute at this layer instead of the input (a dotted name, ``input``, ``middle``, ``final``).
     """
 
     name = "gradient"
     default_absolute = True
+    layer_kind = "gradient"
 
     def captum_attribute(self, inputs: Tensor, targets: Tensor) -> Tensor:
         return _captum_attr().Saliency(self.classifier).attribute(inputs, target=targets, abs=False)
@@ -90,9 +170,11 @@ class InputXGradient(_CaptumMethod):
         classifier: the model explained (logits).
         batch_size: (image, class) pairs per backward pass.
         absolute: sum absolute values over channels instead of signed ones (default False).
+        layer: attribute at this layer instead of the input (a dotted name, ``input``, ``middle``, ``final``).
     """
 
     name = "input_x_gradient"
+    layer_kind = "input_x_gradient"
 
     def captum_attribute(self, inputs: Tensor, targets: Tensor) -> Tensor:
         return _captum_attr().InputXGradient(self.classifier).attribute(inputs, target=targets)
@@ -108,16 +190,21 @@ class IntegratedGradients(_CaptumMethod):
         batch_size: (image, class) pairs per call; the ``pairs * steps`` scaled inputs go through the
             classifier in internal batches of ``batch_size`` rows.
         absolute: sum absolute values over channels instead of signed ones (default False).
+        layer: attribute at this layer instead of the input (a dotted name, ``input``, ``middle``, ``final``).
     """
 
     name = "integrated_gradients"
+    layer_kind = "integrated_gradients"
 
     def __init__(self, classifier: nn.Module | None = None, steps: int = 50, batch_size: int = 64,
-                 absolute: bool | None = None) -> None:
-        super().__init__(classifier, batch_size, absolute)
+                 absolute: bool | None = None, layer: str | None = None) -> None:
+        super().__init__(classifier, batch_size, absolute, layer)
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
         self.steps = int(steps)
+
+    def layer_steps(self) -> int:
+        return self.steps
 
     def captum_attribute(self, inputs: Tensor, targets: Tensor) -> Tensor:
         ig = _captum_attr().IntegratedGradients(self.classifier)

@@ -40,6 +40,8 @@ Metrics (``update`` arguments -> ``compute()`` keys)
   other_present_mask, absent_mask, invalid.
 * :class:`InsertionDeletion` ``(images, maps, classes)`` -> deletion, insertion, samples, invalid;
   :func:`insertion_deletion_curves` gives the curves for plots.
+* :class:`LocalisationScore` ``(maps, cells)`` on grid images -> mean, median, q1, q3, samples, invalid
+  (keeps the per-sample scores, ``dist_reduce_fx="cat"``).
 """
 
 from explainer.metrics.causal import (
@@ -51,6 +53,7 @@ from explainer.metrics.causal import (
     trapezoid_auc,
 )
 from explainer.metrics.common import gt_masks, gt_valid, image_sizes
+from explainer.metrics.localisation import LocalisationScore, localisation_scores
 from explainer.metrics.pointing import (
     EnergyPointingGame,
     PointingGame,
@@ -72,6 +75,7 @@ __all__ = [
     "ClassSpecificity",
     "EnergyPointingGame",
     "InsertionDeletion",
+    "LocalisationScore",
     "PointingGame",
     "SaliencyMetric",
     "SegmentationMetrics",
@@ -79,6 +83,7 @@ __all__ = [
     "centre_points",
     "difficult_pairs",
     "gt_masks",
+    "localisation_scores",
     "gt_valid",
     "image_sizes",
     "insertion_deletion_curves",

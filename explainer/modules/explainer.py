@@ -68,6 +68,10 @@ class ExplainerModule(pl.LightningModule):
             (for ``classifier_unet``, whose encoder has the classifier's architecture); a copy is trained, the
             classifier stays frozen.
         classifier_hash: the classifier's content hash, recorded at the first run and checked on loading.
+        protocol: explain the classifier wrapped for a grid protocol (``gridpg``, ``difull``, ``dipart``;
+            :mod:`explainer.classifiers.protocols`), trained on :class:`~explainer.data.grid.GridDataModule`
+            grids; for DiFull and DiPart the classes are the ``n^2 x C`` per-cell classes.
+        grid_size: ``n`` of the grids of ``protocol``.
     """
 
     def __init__(
@@ -93,6 +97,8 @@ class ExplainerModule(pl.LightningModule):
         init_from: str | None = None,
         encoder_from_classifier: bool = False,
         classifier_hash: str | None = None,
+        protocol: Literal["gridpg", "difull", "dipart"] | None = None,
+        grid_size: int = 2,
     ) -> None:
         super().__init__()
         if class_names is not None and len(class_names) != num_classes:
@@ -100,7 +106,16 @@ class ExplainerModule(pl.LightningModule):
         if not 0 <= min_area <= max_area <= 1:
             raise ValueError(f"need 0 <= min_area <= max_area <= 1, got {min_area}, {max_area}")
         self.save_hyperparameters()
-        self.classifier = FrozenClassifier.from_checkpoint(classifier, num_classes=num_classes)
+        if protocol is None:
+            self.classifier = FrozenClassifier.from_checkpoint(classifier, num_classes=num_classes)
+        else:
+            from explainer.classifiers.protocols import wrap_for_protocol
+
+            cells = 1 if protocol == "gridpg" else grid_size**2
+            if num_classes % cells:
+                raise ValueError(f"num_classes={num_classes} is not a multiple of the {cells} cells of {protocol}")
+            base = FrozenClassifier.from_checkpoint(classifier, num_classes=num_classes // cells)
+            self.classifier = wrap_for_protocol(base, protocol, grid_size)
         if not any(True for _ in self.classifier.parameters()):
             raise ValueError(f"the classifier '{classifier}' has no parameters; it cannot be explained")
         if classifier_hash is not None and classifier_hash != self.classifier.content_hash:
@@ -115,7 +130,7 @@ class ExplainerModule(pl.LightningModule):
             if not hasattr(self.mask_net, "init_encoder_from"):
                 raise ValueError(f"mask network '{mask_net}' cannot start from the classifier's features; use "
                                  "'classifier_unet'")
-            self.mask_net.init_encoder_from(self.classifier.net)
+            self.mask_net.init_encoder_from(getattr(self.classifier.net, "base", self.classifier.net))
         self.weights = LossWeights(entropy, tv, class_area, target_area, nontarget_area, min_area, max_area)
         self.register_buffer("norm_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("norm_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)

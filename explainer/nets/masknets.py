@@ -171,13 +171,23 @@ def lraspp_mobilenet(num_classes: int, weights_backbone: str | None = None) -> n
     return _torchvision_segmentation("lraspp_mobilenet_v3_large", num_classes, weights_backbone, "model.classifier.")
 
 
+def _source_class(name: str, old_index: dict[str, int]) -> str | None:
+    """The old class a new class takes its head rows from: the same name, or for a per-cell class of the
+    grid protocols (``cell<i>:<name>``) the class ``<name>``."""
+    if name in old_index:
+        return name
+    cell, sep, base = name.partition(":")
+    return base if sep and cell.startswith("cell") and base in old_index else None
+
+
 def transfer_class_heads(
     new: nn.Module, state: dict[str, Tensor], old_classes: list[str], new_classes: list[str]
 ) -> dict[str, Tensor]:
     """Adapts a mask network's state dict to another class list.
 
     Every tensor outside the class head is kept. In the class head, the rows (output channels) of classes
-    present in both lists are copied by name; the rows of new classes keep ``new``'s fresh initialisation.
+    present in both lists are copied by name; a per-cell class ``cell<i>:<name>`` of the grid protocols
+    starts from class ``<name>``; the rows of new classes keep ``new``'s fresh initialisation.
 
     Args:
         new: the freshly built network for ``new_classes`` (its initial weights fill the new rows).
@@ -194,7 +204,8 @@ def transfer_class_heads(
     target = new.state_dict()
     out = {k: v for k, v in state.items() if not k.startswith(prefix)}
     old_index = {name: i for i, name in enumerate(old_classes)}
-    shared = [(j, old_index[name]) for j, name in enumerate(new_classes) if name in old_index]
+    shared = [(j, old_index[source]) for j, name in enumerate(new_classes)
+              if (source := _source_class(name, old_index)) is not None]
     for key, fresh in target.items():
         if not key.startswith(prefix):
             continue
