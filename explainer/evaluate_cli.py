@@ -167,7 +167,12 @@ def protocol_main(args: argparse.Namespace, layers: list[str] | None) -> list[di
     from explainer.data.grid import GridDataModule
     from explainer.evaluation import collect_batches, write_results
     from explainer.methods import build_method
-    from explainer.protocol_eval import evaluate_grid_method, metric_rows, save_aggatt_figures, save_score_boxplot
+    from explainer.protocol_eval import (
+        evaluate_grid_method,
+        metric_rows,
+        save_aggatt_figures,
+        save_score_boxplot,
+    )
 
     if args.metrics not in ("all", "localisation"):
         raise ValueError(f"under --protocol the metric is the localisation score ('all' or 'localisation'), got "

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from explainer.aggatt import aggatt_bins, clip_value, save_aggatt
+from explainer.aggatt import clip_value, save_aggatt
 from explainer.data.batch import Batch
 from explainer.data.grid import grid_targets
 from explainer.metrics.localisation import LocalisationScore

@@ -99,10 +99,11 @@ def choose_threshold(labels: np.ndarray, confidences: np.ndarray, num_classes: i
         repeatable = int((counts >= 2).sum()) >= 1 or not repeat
         if enough >= needed and repeatable:
             if threshold < confidence:
+                strict = np.bincount(labels[confidences >= confidence], minlength=num_classes)
                 warnings.warn(
-                    f"grid {split} split: only {int((np.bincount(labels[confidences >= confidence], minlength=num_classes) >= min_images_per_class).sum())} "
-                    f"classes have {min_images_per_class} images classified with confidence >= {confidence}; "
-                    f"relaxed the threshold to {threshold} ({enough} classes qualify)",
+                    f"grid {split} split: only {int((strict >= min_images_per_class).sum())} classes have "
+                    f"{min_images_per_class} images classified with confidence >= {confidence}; relaxed the "
+                    f"threshold to {threshold} ({enough} classes qualify)",
                     stacklevel=2,
                 )
             return threshold
