@@ -9,6 +9,10 @@ prototype export of ``prototypes``); ``--option rise.num_masks=1000`` sets any m
 ``results.json`` (rows ``{method, metric, value, n, stderr, targets}``), ``results.md``, ``examples.png``
 (maps of every method) and ``curves.png`` (mean insertion / deletion curves). ``--resume`` keeps the rows
 of methods already in ``results.json`` and evaluates only the others.
+
+``--devices`` splits the test batches across devices, one process each (see
+:mod:`explainer.distributed_eval`): ``2`` (two GPUs when CUDA has them, else two CPU processes), ``cpu:2``
+or ``cuda:0,cuda:1``; deterministic methods get the rows of a single process. One device runs as without it.
 """
 
 from __future__ import annotations
@@ -79,6 +83,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--pointing-tolerance", type=float, default=None, help="pointing-game radius in pixels")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--resume", action="store_true", help="reuse the rows of methods already evaluated")
+    parser.add_argument("--devices", default=None, help="several devices, one process each: a count (2), "
+                        "cpu:N (N CPU processes) or a list of GPUs (cuda:0,cuda:1)")
     args = parser.parse_args(argv)
 
     from rich.console import Console
@@ -98,6 +104,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             raise FileExistsError(f"{out / 'results.json'} exists; pass --resume to reuse it or choose another --out")
         rows = json.loads((out / "results.json").read_text())
     done = {r["method"] for r in rows}
+    if args.devices is not None:  # several devices: one process each (one device: the path below)
+        from explainer.distributed_eval import evaluate_on_devices
+
+        if (distributed := evaluate_on_devices(args, methods, settings, rows)) is not None:
+            return distributed
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     datamodule = build_datamodule(args.data, args.data_arg)
     classifier = FrozenClassifier.from_checkpoint(args.classifier, num_classes=datamodule.num_classes).to(device)
