@@ -10,13 +10,17 @@ prototype export of ``prototypes``); ``--option rise.num_masks=1000`` sets any m
 (maps of every method) and ``curves.png`` (mean insertion / deletion curves). ``--resume`` keeps the rows
 of methods already in ``results.json`` and evaluates only the others.
 
+``--devices`` splits the test batches across devices, one process each (see
+:mod:`explainer.distributed_eval`): ``2`` (two GPUs when CUDA has them, else two CPU processes), ``cpu:2``
+or ``cuda:0,cuda:1``; deterministic methods get the rows of a single process. One device runs as without it.
+
 ``--layer input,final`` runs the gradient methods and Grad-CAM at those layers (ML-Att: ``input``,
 ``middle``, ``final`` or a dotted module name; rows ``<method>@<layer>``); ``--smooth K`` smooths every
 method's maps with a Gaussian of kernel K and sigma K/4 (rows ``<method>+smooth<K>``).
 
 Controlled protocols (Rao et al., CVPR 2022) on grids of the test split's confidently classified images::
 
-    python evaluate.py --data configs/data/digit_grids.yaml --classifier checkpoints/quickstart/classifier.ckpt \
+    python evaluate.py --data configs/data/digits_single.yaml --classifier checkpoints/quickstart/classifier.ckpt \
         --protocol difull --methods explainer=checkpoints/quickstart/explainer_difull,gradcam,gradient \
         --layer input,final --out results/difull --limit 200
 
@@ -103,11 +107,15 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--grid-size", type=int, default=2, help="n of the n x n grids (with --protocol)")
     parser.add_argument("--confidence", type=float, default=0.99,
                         help="least classifier confidence of a grid cell's image (with --protocol)")
+    parser.add_argument("--devices", default=None, help="several devices, one process each: a count (2), "
+                        "cpu:N (N CPU processes) or a list of GPUs (cuda:0,cuda:1)")
     args = parser.parse_args(argv)
     if args.smooth is not None and (args.smooth < 1 or args.smooth % 2 == 0):
         parser.error(f"--smooth needs a positive odd kernel size, got {args.smooth}")
     layers = [s.strip() for s in args.layer.split(",") if s.strip()] if args.layer else None
     if args.protocol is not None:
+        if args.devices is not None:
+            parser.error("--devices is not supported with --protocol yet (the grid protocols run in one process)")
         return protocol_main(args, layers)
 
     from rich.console import Console
@@ -127,6 +135,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             raise FileExistsError(f"{out / 'results.json'} exists; pass --resume to reuse it or choose another --out")
         rows = json.loads((out / "results.json").read_text())
     done = {r["method"] for r in rows}
+    if args.devices is not None:  # several devices: one process each (one device: the path below)
+        from explainer.distributed_eval import evaluate_on_devices
+
+        if (distributed := evaluate_on_devices(args, methods, settings, rows)) is not None:
+            return distributed
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     datamodule = build_datamodule(args.data, args.data_arg)
     classifier = FrozenClassifier.from_checkpoint(args.classifier, num_classes=datamodule.num_classes).to(device)
@@ -146,6 +159,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             method_rows, examples[name] = evaluate_method(
                 method_name, method, batches, classifier, datamodule.num_classes, settings,
                 progress=lambda n, t=task: bar.advance(t, n))
+            for row in method_rows:  # rows carry the expanded name (<method>@<layer>, +smooth<K>)
+                row["method"] = name
             rows += method_rows
             write_results(rows, out)  # after every method, so an interrupted run can --resume
     write_results(rows, out)

@@ -93,6 +93,7 @@ def _make_metrics(settings: EvaluationSettings, classifier: nn.Module, num_class
     shorter = int(batch.orig_size.min()) if batch.orig_size is not None else min(batch.image.shape[-2:])
     tolerance = dict(tolerance=settings.pointing_tolerance) if settings.pointing_tolerance is not None else (
         dict(tolerance=15.0) if shorter >= 224 else dict(tolerance_relative=15 / 224))
+    local = dict(sync_on_compute=False)  # no implicit cross-process sync: see evaluate_method's ``combine``
     out: dict[str, Metric] = {}
     for name in settings.metrics:
         if name in ("pointing_game", "energy_pointing_game", "segmentation") and source is None:
@@ -100,19 +101,19 @@ def _make_metrics(settings: EvaluationSettings, classifier: nn.Module, num_class
         if name == "box_iou" and batch.boxes is None:
             continue
         if name == "pointing_game":
-            out[name] = PointingGame(num_classes, source=source, **tolerance)
+            out[name] = PointingGame(num_classes, source=source, **tolerance, **local)
         elif name == "energy_pointing_game":
-            out[name] = EnergyPointingGame(num_classes, source=source)
+            out[name] = EnergyPointingGame(num_classes, source=source, **local)
         elif name == "segmentation":
-            out[name] = SegmentationMetrics(source=source)
+            out[name] = SegmentationMetrics(source=source, **local)
         elif name == "box_iou":
-            out[name] = SegmentationMetrics(source="boxes")
+            out[name] = SegmentationMetrics(source="boxes", **local)
         elif name == "saliency":
-            out[name] = SaliencyMetric(classifier)
+            out[name] = SaliencyMetric(classifier, **local)
         elif name == "insertion_deletion":
-            out[name] = InsertionDeletion(classifier, step=settings.insertion_step)
+            out[name] = InsertionDeletion(classifier, step=settings.insertion_step, **local)
         elif name == "class_specificity":
-            out[name] = ClassSpecificity(classifier)
+            out[name] = ClassSpecificity(classifier, **local)
     return out
 
 
@@ -143,8 +144,13 @@ def evaluate_method(
     num_classes: int,
     settings: EvaluationSettings,
     progress: Callable[[int], None] | None = None,
+    combine: Callable[..., tuple] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Tensor]]:
     """Evaluates one method on prepared batches.
+
+    ``combine`` is the hook of evaluation split across processes (:mod:`explainer.distributed_eval`): it
+    takes ``(totals, per_batch, seconds, images_seen, pairs)`` of this process's batches and returns them
+    for the batches of every process. Metrics never sync on ``compute()`` by themselves.
 
     Returns:
         The rows, and example maps of the first batch (``images``, ``maps``, ``classes``) for pictures.
@@ -190,6 +196,9 @@ def evaluate_method(
             examples = {"images": images[:keep].cpu(), "maps": unit_maps[:keep].cpu(), "classes": classes[:keep].cpu()}
         if progress is not None:
             progress(len(images))
+    if combine is not None:
+        totals, per_batch, seconds, images_seen, pairs = combine(totals, per_batch, seconds, images_seen,
+                                                                 pairs)
     rows = []
     for name, total in totals.items():
         values = total.compute()

@@ -338,3 +338,14 @@ def test_evaluate_protocol_end_to_end(tmp_path, repo, monkeypatch):
     assert {r["method"] for r in rows2} == {"gradient@input+smooth5"}
     with pytest.raises(SystemExit):
         main([*args[:-2], "--out", str(tmp_path / "bad"), "--smooth", "4"])
+
+
+def test_layers_and_smoothing_on_natural_images(tmp_path, repo):
+    from explainer.evaluate_cli import main
+    from tests.helpers import write_classifier_checkpoint
+
+    _, ckpt = write_classifier_checkpoint(tmp_path)
+    rows = main(["--data", str(repo / "configs/data/digits.yaml"), "--data-arg", "image_size=32", "--data-arg",
+                 "test_scenes=6", "--classifier", str(ckpt), "--methods", "gradient,gradcam", "--layer", "final",
+                 "--smooth", "3", "--metrics", "pointing_game", "--out", str(tmp_path / "r")])
+    assert {r["method"] for r in rows} == {"gradient@final+smooth3", "gradcam@final+smooth3"}
