@@ -213,6 +213,11 @@ def protocol_main(args: argparse.Namespace, layers: list[str] | None) -> list[di
                   f"images at confidence >= {grids.thresholds['test']}")
     aggregates: dict[str, torch.Tensor] = {}
     distributions: dict[str, torch.Tensor] = {}
+    if args.resume and (out / "distributions.pt").exists():  # the figures keep the methods already evaluated
+        saved = torch.load(out / "distributions.pt", weights_only=True)
+        methods_done = {r["method"] for r in rows}
+        distributions = {k: v for k, v in saved["scores"].items() if k in methods_done}
+        aggregates = {k: v for k, v in saved["aggatt"].items() if k in methods_done}
     with Progress(console=console) as bar:
         for name, method_name, options, notes in expand_methods(methods, layers, args.smooth):
             for note in notes:
@@ -231,6 +236,10 @@ def protocol_main(args: argparse.Namespace, layers: list[str] | None) -> list[di
             write_results(rows, out)
     write_results(rows, out)
     if distributions:
+        order = [entry[0] for entry in expand_methods(methods, layers, args.smooth)]
+        rank = {name: order.index(name) if name in order else len(order) for name in distributions}
+        distributions = dict(sorted(distributions.items(), key=lambda kv: rank[kv[0]]))
+        aggregates = {name: aggregates[name] for name in distributions if name in aggregates}
         save_score_boxplot(distributions, out / "scores.png", args.protocol, args.grid_size)
         save_aggatt_figures(aggregates, out, args.grid_size, args.protocol)
         torch.save({"scores": distributions, "aggatt": aggregates}, out / "distributions.pt")

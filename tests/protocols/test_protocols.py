@@ -333,6 +333,11 @@ def test_evaluate_protocol_end_to_end(tmp_path, repo, monkeypatch):
     assert json.loads((out / "results.json").read_text()) == rows
     for name in ("scores.png", "aggatt.png", "aggatt/gradcam@final.png", "results.md"):
         assert (out / name).is_file()
+    resumed = [a if a != "gradcam,gradient,centre" else "gradcam,gradient,centre,uniform" for a in args]
+    rows3 = main([*resumed, "--resume"])
+    assert [r for r in rows3 if r["method"] != "uniform"] == rows
+    saved = torch.load(out / "distributions.pt", weights_only=True)
+    assert list(saved["scores"]) == ["gradcam@final", "gradient@input", "gradient@final", "centre", "uniform"]
     rows2 = main([*args[:-2], "--out", str(tmp_path / "smooth"), "--smooth", "5", "--methods", "gradient",
                   "--layer", "input"])
     assert {r["method"] for r in rows2} == {"gradient@input+smooth5"}
