@@ -1,4 +1,5 @@
-"""Data: the typed batch, the data modules (digit scenes, VOC 2007, COCO 2014, custom folders) and transforms."""
+"""Data: the typed batch, the data modules (digit scenes, VOC 2007, COCO 2014, custom folders, protocol grids)
+and transforms."""
 
 from explainer.data.base import IMAGENET_MEAN, IMAGENET_STD, ExplainerDataModule
 from explainer.data.batch import Batch, Sample, collate
@@ -6,6 +7,7 @@ from explainer.data.coco import COCO2014DataModule, COCO2014Dataset
 from explainer.data.digits import DigitScenes, DigitScenesDataModule
 from explainer.data.files import AnnotatedImageDataset, CorruptImageError, DatasetNotFoundError, read_image
 from explainer.data.folder import FolderDataModule, FolderDataset
+from explainer.data.grid import GridDataModule, GridDataset
 from explainer.data.labels import COCO_CATEGORIES, COCO_CLASSES, VOC_CLASSES, multi_hot
 from explainer.data.loader import SkipReportingLoader
 from explainer.data.transforms import RawSample, SampleTransform
@@ -15,6 +17,6 @@ __all__ = [
     "COCO2014DataModule", "COCO2014Dataset", "COCO_CATEGORIES", "COCO_CLASSES", "IMAGENET_MEAN", "IMAGENET_STD",
     "VOC2007DataModule", "VOC2007Dataset", "VOC_CLASSES", "AnnotatedImageDataset", "Batch", "CorruptImageError",
     "DatasetNotFoundError", "DigitScenes", "DigitScenesDataModule", "ExplainerDataModule", "FolderDataModule",
-    "FolderDataset", "RawSample", "Sample", "SampleTransform", "SkipReportingLoader", "collate", "multi_hot",
+    "FolderDataset", "GridDataModule", "GridDataset", "RawSample", "Sample", "SampleTransform", "SkipReportingLoader", "collate", "multi_hot",
     "read_image",
 ]
