@@ -9,7 +9,9 @@ glance shows where a method puts its attribution in its best, typical and worst 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -60,26 +62,36 @@ def save_aggatt(bins: Tensor, path: str | Path, grid_size: int, cell: int = 0, t
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.patches import Rectangle
 
     from explainer.callbacks.images import save_figure
 
-    top = clip_value(bins) if scale is None else float(scale)
+    fig, axes = plt.subplots(1, len(bins), figsize=(1.6 * len(bins), 1.9), squeeze=False)
+    draw_aggatt_row(axes[0], bins, grid_size, cell, scale, percentiles)
+    if title:
+        fig.suptitle(title, fontsize=8)
+    return save_figure(fig, path)
+
+
+def draw_aggatt_row(axes: Sequence[Any], bins: Tensor, grid_size: int, cell: int = 0, scale: float | None = None,
+                    percentiles: tuple[float, ...] | None = AGGATT_PERCENTILES) -> None:
+    """Draws the bins on a row of matplotlib axes: one colour scale (``scale``, or the 99.5th percentile of the
+    bins), the cell grid, the target cell outlined; titles from ``percentiles`` (``None``: no titles)."""
+    from matplotlib.patches import Rectangle
+
+    top = max(clip_value(bins) if scale is None else float(scale), 1e-12)
     h, w = bins.shape[-2:]
     r, c = divmod(int(cell), grid_size)
-    fig, axes = plt.subplots(1, len(bins), figsize=(1.6 * len(bins), 1.9), squeeze=False)
-    for j, ax in enumerate(axes[0]):
-        ax.imshow(bins[j].numpy(), cmap="inferno", vmin=0, vmax=max(top, 1e-12))
+    for j, ax in enumerate(axes):
+        ax.imshow(bins[j].numpy(), cmap="inferno", vmin=0, vmax=top)
         ax.add_patch(Rectangle((c * w / grid_size - 0.5, r * h / grid_size - 0.5), w / grid_size, h / grid_size,
                                fill=False, edgecolor="cyan", linewidth=1.5))
         for k in range(1, grid_size):
             ax.axhline(k * h / grid_size - 0.5, color="white", linewidth=0.4, alpha=0.5)
             ax.axvline(k * w / grid_size - 0.5, color="white", linewidth=0.4, alpha=0.5)
-        ax.set_title(f"{percentiles[j]:g}-{percentiles[j + 1]:g}%", fontsize=7)
-        ax.axis("off")
-    if title:
-        fig.suptitle(title, fontsize=8)
-    return save_figure(fig, path)
+        if percentiles is not None:
+            ax.set_title(f"{percentiles[j]:g}-{percentiles[j + 1]:g}%", fontsize=7)
+        ax.set_xticks([])  # ticks off, frame kept: a row label (ylabel) stays visible
+        ax.set_yticks([])
 
 
 def clip_value(bins: Tensor, quantile: float = 0.995) -> float:
@@ -90,4 +102,4 @@ def clip_value(bins: Tensor, quantile: float = 0.995) -> float:
     return float(torch.quantile(flat, quantile)) if flat.numel() else 0.0
 
 
-__all__ = ["AGGATT_PERCENTILES", "aggatt_bins", "clip_value", "save_aggatt"]
+__all__ = ["AGGATT_PERCENTILES", "aggatt_bins", "clip_value", "draw_aggatt_row", "save_aggatt"]

@@ -127,11 +127,11 @@ def evaluate_on_devices(args: argparse.Namespace, methods: dict[str, dict[str, A
                          "give only --devices")
     from rich.console import Console
 
-    from explainer.evaluate_cli import build_datamodule
+    from explainer.evaluate_cli import build_datamodule, pending_methods
     from explainer.evaluation import collect_batches, write_results
 
     out, console = Path(args.out), Console()
-    if all(name in {r["method"] for r in rows} for name in methods):
+    if next(pending_methods(methods, args, {r["method"] for r in rows}), None) is None:  # nothing left to do
         write_results(rows, out)
     else:
         # the test batches are prepared once, here, as one process would, and dealt round-robin to the
@@ -193,10 +193,9 @@ def _evaluate_shard(rank: int, world: int, device: torch.device, shard: list[Bat
     from rich.progress import Progress
 
     from explainer.classifiers import FrozenClassifier
-    from explainer.evaluate_cli import build_datamodule, save_curves
+    from explainer.evaluate_cli import build_datamodule, pending_methods, save_curves
     from explainer.evaluation import evaluate_method, save_example_grid, write_results
     from explainer.methods import build_method
-    from explainer.protocol_eval import expand_methods
 
     out = Path(args.out)
     done = {r["method"] for r in rows}
@@ -207,20 +206,13 @@ def _evaluate_shard(rank: int, world: int, device: torch.device, shard: list[Bat
     console = Console()
     examples = {}
     with Progress(console=console, disable=rank != 0) as bar:
-        layers = [s.strip() for s in args.layer.split(",") if s.strip()] if getattr(args, "layer", None) else None
-        for name, method_name, options, _ in expand_methods(methods, layers, getattr(args, "smooth", None)):
-            if name in done:
-                if rank == 0:
-                    console.print(f"{name}: reusing the rows in {out / 'results.json'}")
-                continue
+        for name, method_name, options in pending_methods(methods, args, done, console if rank == 0 else None):
             torch.manual_seed(args.seed)
             method = build_method(method_name, classifier, **options).to(device)
             task = bar.add_task(f"{name} (rank 0 of {world})", total=sum(len(b) for b in shard))
             method_rows, examples[name] = evaluate_method(
-                method_name, method, shard, classifier, datamodule.num_classes, settings,
+                name, method, shard, classifier, datamodule.num_classes, settings,
                 progress=lambda n, t=task: bar.advance(t, n), combine=combine)
-            for row in method_rows:  # rows carry the expanded name (<method>@<layer>, +smooth<K>)
-                row["method"] = name
             if rank == 0:
                 rows += method_rows
                 write_results(rows, out)  # after every method, so an interrupted run can --resume

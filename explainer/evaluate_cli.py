@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,44 @@ def build_datamodule(path: str, overrides: list[str]) -> Any:
     return getattr(importlib.import_module(module_name), cls_name)(**args)
 
 
+def previous_rows(out: Path, resume: bool) -> list[dict[str, Any]]:
+    """The rows already in ``out/results.json`` for ``--resume`` (none when there is no such file).
+
+    Raises:
+        FileExistsError: the file exists and ``resume`` is off.
+    """
+    if not (out / "results.json").exists():
+        return []
+    if not resume:
+        raise FileExistsError(f"{out / 'results.json'} exists; pass --resume to reuse it or choose another --out")
+    return json.loads((out / "results.json").read_text())
+
+
+def parse_layers(spec: str | None) -> list[str] | None:
+    """``--layer input,final`` as a list (``None`` without the option)."""
+    return [s.strip() for s in spec.split(",") if s.strip()] if spec else None
+
+
+def resolve_device(spec: str) -> torch.device:
+    """``--device``: ``auto`` is CUDA when available, else the CPU."""
+    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if spec == "auto" else spec)
+
+
+def pending_methods(methods: dict[str, dict[str, Any]], args: argparse.Namespace, done: set[str],
+                    console: Any | None = None) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """``(row name, method name, options)`` of every method variant (``--layer``, ``--smooth``) not in ``done``;
+    prints the expansion notes and the reused methods on ``console`` when one is given."""
+    for name, method_name, options, notes in expand_methods(methods, parse_layers(args.layer), args.smooth):
+        if console is not None:
+            for note in notes:
+                console.print(f"[yellow]{note}")
+        if name in done:
+            if console is not None:
+                console.print(f"{name}: reusing the rows in {Path(args.out) / 'results.json'}")
+            continue
+        yield name, method_name, options
+
+
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     """Runs the evaluation (see the module docstring); returns the rows."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -112,11 +151,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = parser.parse_args(argv)
     if args.smooth is not None and (args.smooth < 1 or args.smooth % 2 == 0):
         parser.error(f"--smooth needs a positive odd kernel size, got {args.smooth}")
-    layers = [s.strip() for s in args.layer.split(",") if s.strip()] if args.layer else None
     if args.protocol is not None:
         if args.devices is not None:
             parser.error("--devices is not supported with --protocol yet (the grid protocols run in one process)")
-        return protocol_main(args, layers)
+        return protocol_main(args)
 
     from rich.console import Console
     from rich.progress import Progress
@@ -129,38 +167,27 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     settings = EvaluationSettings(metrics=parse_metrics(args.metrics), targets=args.targets, limit=args.limit,
                                   pointing_tolerance=args.pointing_tolerance, insertion_step=args.insertion_step)
     out = Path(args.out)
-    rows: list[dict[str, Any]] = []
-    if (out / "results.json").exists():
-        if not args.resume:
-            raise FileExistsError(f"{out / 'results.json'} exists; pass --resume to reuse it or choose another --out")
-        rows = json.loads((out / "results.json").read_text())
+    rows = previous_rows(out, args.resume)
     done = {r["method"] for r in rows}
     if args.devices is not None:  # several devices: one process each (one device: the path below)
         from explainer.distributed_eval import evaluate_on_devices
 
         if (distributed := evaluate_on_devices(args, methods, settings, rows)) is not None:
             return distributed
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    device = resolve_device(args.device)
     datamodule = build_datamodule(args.data, args.data_arg)
     classifier = FrozenClassifier.from_checkpoint(args.classifier, num_classes=datamodule.num_classes).to(device)
     batches = collect_batches(datamodule, args.limit, device)
     console = Console()
     examples = {}
     with Progress(console=console) as bar:
-        for name, method_name, options, notes in expand_methods(methods, layers, args.smooth):
-            for note in notes:
-                console.print(f"[yellow]{note}")
-            if name in done:
-                console.print(f"{name}: reusing the rows in {out / 'results.json'}")
-                continue
+        for name, method_name, options in pending_methods(methods, args, done, console):
             torch.manual_seed(args.seed)
             method = build_method(method_name, classifier, **options).to(device)
             task = bar.add_task(f"{name}", total=sum(len(b) for b in batches))
             method_rows, examples[name] = evaluate_method(
-                method_name, method, batches, classifier, datamodule.num_classes, settings,
+                name, method, batches, classifier, datamodule.num_classes, settings,
                 progress=lambda n, t=task: bar.advance(t, n))
-            for row in method_rows:  # rows carry the expanded name (<method>@<layer>, +smooth<K>)
-                row["method"] = name
             rows += method_rows
             write_results(rows, out)  # after every method, so an interrupted run can --resume
     write_results(rows, out)
@@ -171,13 +198,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     return rows
 
 
-def protocol_main(args: argparse.Namespace, layers: list[str] | None) -> list[dict[str, Any]]:
+def protocol_main(args: argparse.Namespace) -> list[dict[str, Any]]:
     """``evaluate.py --protocol``: localisation scores, box plots and AggAtt on grids of the test split."""
     from rich.console import Console
     from rich.progress import Progress
 
     from explainer.aggatt import aggatt_bins
-    from explainer.classifiers import FrozenClassifier
     from explainer.classifiers.protocols import wrap_for_protocol
     from explainer.data.grid import GridDataModule
     from explainer.evaluation import collect_batches, write_results
@@ -194,20 +220,15 @@ def protocol_main(args: argparse.Namespace, layers: list[str] | None) -> list[di
                          f"'{args.metrics}'")
     methods = parse_methods(args.methods, args.option)
     out = Path(args.out)
-    rows: list[dict[str, Any]] = []
-    if (out / "results.json").exists():
-        if not args.resume:
-            raise FileExistsError(f"{out / 'results.json'} exists; pass --resume to reuse it or choose another --out")
-        rows = json.loads((out / "results.json").read_text())
+    rows = previous_rows(out, args.resume)
     done = {r["method"] for r in rows}
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    device = resolve_device(args.device)
     source = build_datamodule(args.data, args.data_arg)
     grids = GridDataModule(source, args.classifier, protocol=args.protocol, grid_size=args.grid_size,
                            confidence=args.confidence, test_grids=args.limit or 200, seed=args.seed,
                            batch_size=source.batch_size)
     batches = collect_batches(grids, None, device)
-    classifier = FrozenClassifier.from_checkpoint(args.classifier, num_classes=source.num_classes)
-    wrapped = wrap_for_protocol(classifier, args.protocol, args.grid_size).to(device)
+    wrapped = wrap_for_protocol(grids.classifier(), args.protocol, args.grid_size).to(device)
     console = Console()
     console.print(f"{args.protocol}: {sum(len(b) for b in batches)} {args.grid_size}x{args.grid_size} grids, cell "
                   f"images at confidence >= {grids.thresholds['test']}")
@@ -219,12 +240,7 @@ def protocol_main(args: argparse.Namespace, layers: list[str] | None) -> list[di
         distributions = {k: v for k, v in saved["scores"].items() if k in methods_done}
         aggregates = {k: v for k, v in saved["aggatt"].items() if k in methods_done}
     with Progress(console=console) as bar:
-        for name, method_name, options, notes in expand_methods(methods, layers, args.smooth):
-            for note in notes:
-                console.print(f"[yellow]{note}")
-            if name in done:
-                console.print(f"{name}: reusing the rows in {out / 'results.json'}")
-                continue
+        for name, method_name, options in pending_methods(methods, args, done, console):
             torch.manual_seed(args.seed)
             method = build_method(method_name, wrapped, **options).to(device)
             task = bar.add_task(name, total=sum(len(b) for b in batches))
@@ -236,7 +252,7 @@ def protocol_main(args: argparse.Namespace, layers: list[str] | None) -> list[di
             write_results(rows, out)
     write_results(rows, out)
     if distributions:
-        order = [entry[0] for entry in expand_methods(methods, layers, args.smooth)]
+        order = [entry[0] for entry in expand_methods(methods, parse_layers(args.layer), args.smooth)]
         rank = {name: order.index(name) if name in order else len(order) for name in distributions}
         distributions = dict(sorted(distributions.items(), key=lambda kv: rank[kv[0]]))
         aggregates = {name: aggregates[name] for name in distributions if name in aggregates}

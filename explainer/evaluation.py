@@ -34,9 +34,6 @@ from explainer.metrics import (
 
 METRIC_GROUPS = ("pointing_game", "energy_pointing_game", "segmentation", "box_iou", "saliency",
                  "insertion_deletion", "class_specificity")
-# methods whose maps are already masks in [0, 1]; every other method's maps are brought there by "max"
-# normalisation (positive part over its maximum) before a metric multiplies an image by them
-UNIT_RANGE_METHODS = ("explainer", "oracle", "fido", "bbmp", "uniform", "centre")
 _KEPT_KEYS = {
     "pointing_game": ("accuracy", "accuracy_difficult", "hit_rate", "invalid"),
     "energy_pointing_game": ("energy", "invalid"),
@@ -117,7 +114,7 @@ def _make_metrics(settings: EvaluationSettings, classifier: nn.Module, num_class
     return out
 
 
-def _update(name: str, metric: Metric, method_name: str, images: Tensor, maps: Tensor, unit_maps: Tensor,
+def _update(name: str, metric: Metric, images: Tensor, maps: Tensor, unit_maps: Tensor,
             classes: Tensor, batch: Batch, all_masks: Tensor | None, targets: Tensor) -> None:
     if name in ("pointing_game", "energy_pointing_game"):
         metric.update(maps, batch, classes)
@@ -131,9 +128,11 @@ def _update(name: str, metric: Metric, method_name: str, images: Tensor, maps: T
         metric.update(images, all_masks, targets)
 
 
-def _unit(maps: Tensor, method_name: str) -> Tensor:
+def _unit(maps: Tensor, method: AttributionMethod) -> Tensor:
+    """Maps in [0, 1]: clamped for methods whose maps are masks (``unit_range``), else "max" normalised
+    (positive part over its maximum)."""
     maps = torch.nan_to_num(maps, nan=0.0, posinf=0.0, neginf=0.0)
-    return maps.clamp(0, 1) if method_name in UNIT_RANGE_METHODS else normalize_maps(maps, "max")
+    return maps.clamp(0, 1) if getattr(method, "unit_range", False) else normalize_maps(maps, "max")
 
 
 def evaluate_method(
@@ -148,7 +147,8 @@ def evaluate_method(
 ) -> tuple[list[dict[str, Any]], dict[str, Tensor]]:
     """Evaluates one method on prepared batches.
 
-    ``combine`` is the hook of evaluation split across processes (:mod:`explainer.distributed_eval`): it
+    ``method_name`` names the rows (e.g. ``gradient@final+smooth9``); how maps are brought to [0, 1]
+    follows the method's ``unit_range``. ``combine`` is the hook of evaluation split across processes (:mod:`explainer.distributed_eval`): it
     takes ``(totals, per_batch, seconds, images_seen, pairs)`` of this process's batches and returns them
     for the batches of every process. Metrics never sync on ``compute()`` by themselves.
 
@@ -175,8 +175,8 @@ def evaluate_method(
         all_masks = None
         if "class_specificity" in settings.metrics:
             every = torch.arange(num_classes, device=images.device).expand(len(images), -1)
-            all_masks = _unit(method(images, every, **extra).detach(), method_name)
-        unit_maps = _unit(maps, method_name)
+            all_masks = _unit(method(images, every, **extra).detach(), method)
+        unit_maps = _unit(maps, method)
         images_seen += len(images)
         pairs += int((classes >= 0).sum())
         if not totals:
@@ -187,7 +187,7 @@ def evaluate_method(
             single = _make_metrics(
                 EvaluationSettings(**{**settings.__dict__, "metrics": [name]}), classifier, num_classes, batch
             )[name].to(images.device)
-            _update(name, single, method_name, images, maps, unit_maps, classes, batch, all_masks, targets)
+            _update(name, single, images, maps, unit_maps, classes, batch, all_masks, targets)
             per_batch[name].append({k: float(v) for k, v in single.compute().items() if v.numel() == 1})
             total.merge_state(single)
             total._update_count += single._update_count  # merge_state does not count the merged updates

@@ -27,10 +27,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from explainer.aggatt import clip_value, save_aggatt
+from explainer.aggatt import save_aggatt
 from explainer.data.batch import Batch
 from explainer.data.grid import grid_targets
-from explainer.metrics.localisation import LocalisationScore
+from explainer.metrics.localisation import LocalisationScore, localisation_scores
 
 # methods with a layer form (ML-Att): the gradient family at any layer, the CAMs at a convolutional one
 LAYER_METHODS = ("gradient", "input_x_gradient", "integrated_gradients", "gradcam", "gradcam++")
@@ -89,8 +89,6 @@ def evaluate_grid_method(
         The metric, the maps explaining ``keep_cell`` (``[N, H, W]``, on the CPU) and their scores ``[N]``
         (for AggAtt), and the method's seconds per grid.
     """
-    from explainer.metrics.localisation import localisation_scores
-
     metric = LocalisationScore(grid_size)
     kept_maps, kept_scores = [], []
     seconds, grids = 0.0, 0
@@ -100,12 +98,12 @@ def evaluate_grid_method(
         maps = method(batch.image, classes).detach()
         seconds += time.perf_counter() - start
         grids += len(batch.image)
-        metric.to(maps.device).update(maps, cells)
-        mine = cells == keep_cell
+        scores, invalid = localisation_scores(maps, cells, grid_size)  # row-major over the (b, k) with a cell
+        metric.to(maps.device).add_scores(scores, invalid)
+        mine = cells[cells >= 0] == keep_cell
         if bool(mine.any()):
-            scores, _ = localisation_scores(maps, torch.where(mine, cells, torch.full_like(cells, -1)), grid_size)
-            kept_maps.append(maps[mine].float().cpu())
-            kept_scores.append(scores.cpu())
+            kept_maps.append(maps[cells >= 0][mine].float().cpu())
+            kept_scores.append(scores[mine].cpu())
         if progress is not None:
             progress(len(batch.image))
     h, w = batches[0].image.shape[-2:]
@@ -132,15 +130,14 @@ def metric_rows(name: str, protocol: str, metric: LocalisationScore, seconds: fl
 
 def save_aggatt_figures(aggregates: dict[str, Tensor], out: Path, grid_size: int, protocol: str,
                         cell: int = 0) -> list[Path]:
-    """``aggatt/<method>.png`` per method (its own 99.5th-percentile scale) and ``aggatt.png``, every method
-    as a row on one shared scale."""
+    """``aggatt/<method>.png`` per method and ``aggatt.png`` with every method as a row; the bins of a method
+    share one colour scale (its 99.5th percentile), so methods of different units stay comparable in shape."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.patches import Rectangle
 
-    from explainer.aggatt import AGGATT_PERCENTILES
+    from explainer.aggatt import AGGATT_PERCENTILES, draw_aggatt_row
     from explainer.callbacks.images import save_figure
 
     paths = []
@@ -154,19 +151,8 @@ def save_aggatt_figures(aggregates: dict[str, Tensor], out: Path, grid_size: int
     # every method scaled by its own 99.5th percentile, so methods of different units share the colour map
     fig, axes = plt.subplots(len(names), len(AGGATT_PERCENTILES) - 1, squeeze=False,
                              figsize=(1.5 * (len(AGGATT_PERCENTILES) - 1) + 1.2, 1.5 * len(names)))
-    r, c = divmod(cell, grid_size)
     for i, name in enumerate(names):
-        bins = aggregates[name]
-        top = max(clip_value(bins), 1e-12)
-        h, w = bins.shape[-2:]
-        for j, ax in enumerate(axes[i]):
-            ax.imshow(bins[j].numpy(), cmap="inferno", vmin=0, vmax=top)
-            ax.add_patch(Rectangle((c * w / grid_size - 0.5, r * h / grid_size - 0.5), w / grid_size,
-                                   h / grid_size, fill=False, edgecolor="cyan", linewidth=1.2))
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == 0:
-                ax.set_title(f"{AGGATT_PERCENTILES[j]:g}-{AGGATT_PERCENTILES[j + 1]:g}%", fontsize=7)
+        draw_aggatt_row(axes[i], aggregates[name], grid_size, cell, percentiles=AGGATT_PERCENTILES if i == 0 else None)
         axes[i, 0].set_ylabel(name, fontsize=7, rotation=0, ha="right", va="center")
     fig.suptitle(f"AggAtt, {protocol}: mean positive maps per percentile bin of the localisation score", fontsize=8)
     paths.append(save_figure(fig, out / "aggatt.png"))

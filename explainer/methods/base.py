@@ -21,7 +21,9 @@ class AttributionMethod(nn.Module):
     """Base class of attribution methods.
 
     Subclasses implement :meth:`attribute`. ``name`` is the registry key; ``needs_grad`` tells callers
-    whether gradients must be enabled around the call.
+    whether gradients must be enabled around the call; ``unit_range`` says the maps are masks in [0, 1]
+    (every other method's maps are brought there by "max" normalisation before a metric multiplies an
+    image by them).
 
     Args:
         classifier: the model explained (usually a :class:`~explainer.classifiers.FrozenClassifier`);
@@ -30,6 +32,7 @@ class AttributionMethod(nn.Module):
 
     name: str = ""
     needs_grad: bool = False
+    unit_range: bool = False  # maps are already masks in [0, 1] (metrics use them as they are)
 
     def __init__(self, classifier: nn.Module | None = None) -> None:
         super().__init__()

@@ -23,6 +23,7 @@ class ExplainerAttribution(AttributionMethod):
     """
 
     name = "explainer"
+    unit_range = True
 
     def __init__(self, classifier: nn.Module | None = None, path: str | Path | None = None,
                  model: nn.Module | None = None) -> None:

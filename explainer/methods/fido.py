@@ -56,6 +56,7 @@ class _MaskOptimisation(AttributionMethod):
     """Shared optimisation loop of FIDO and BBMP (see the module docstring)."""
 
     needs_grad = True
+    unit_range = True
 
     def __init__(self, classifier: nn.Module | None, objective: str, infill: str | Infill, iterations: int,
                  lr: float, samples: int, area_weight: float, ramp_iterations: int,

@@ -24,6 +24,7 @@ class CentreBaseline(AttributionMethod):
     """
 
     name = "centre"
+    unit_range = True
 
     def __init__(self, classifier: nn.Module | None = None, sigma: float = 0.25) -> None:
         super().__init__(None)
@@ -50,6 +51,7 @@ class UniformBaseline(AttributionMethod):
     """
 
     name = "uniform"
+    unit_range = True
 
     def __init__(self, classifier: nn.Module | None = None) -> None:
         super().__init__(None)
@@ -106,6 +108,7 @@ class OracleBaseline(AttributionMethod):
     """
 
     name = "oracle"
+    unit_range = True
 
     def __init__(self, classifier: nn.Module | None = None) -> None:
         super().__init__(None)

@@ -75,7 +75,10 @@ class LocalisationScore(Metric):
         self.add_state("invalid", default=torch.tensor(0.0), dist_reduce_fx="sum")
 
     def update(self, maps: Tensor, cells: Tensor) -> None:
-        scores, invalid = localisation_scores(maps, cells, self.grid_size)
+        self.add_scores(*localisation_scores(maps, cells, self.grid_size))
+
+    def add_scores(self, scores: Tensor, invalid: Tensor) -> None:
+        """Adds scores already computed by :func:`localisation_scores` (``[m]`` each)."""
         self.values.append(scores)
         self.invalid += invalid.sum()
 
