@@ -1,6 +1,8 @@
 """Consistency and stability of post-hoc part-prototypes on digit scenes, against random controls.
 
     python benchmarks/prototypes.py --classifier checkpoints/quickstart/classifier.ckpt
+    python benchmarks/prototypes.py --scenes parts --classifier <classifier_parts.yaml's best checkpoint> \
+        --out benchmarks/results/prototypes_parts.json
 
 Fits prototype heads for a trained digit-scenes classifier (the quickstart one by default) from the
 training split, then scores them on the test split with the part keypoints of the digits (top, centre,
@@ -12,9 +14,18 @@ exactly, so every row has the classifier's predictions; rows differ only in how 
 * ``fitted, original``: every location and every dimension, as in the original method;
 * ``random split`` (control): ``p_i = w_i * v`` with ``w`` drawn per feature dimension from a flat Dirichlet
   (random non-negative shares of each weight, summing to ``v``); mean and std over ``--control-seeds``;
+  every such prototype keeps the sign pattern of ``v``, so its map is close to the class activation map;
+* ``random directions`` (a second control): ``p_i = v / k + z_i - mean_j z_j`` with Gaussian ``z_i`` whose
+  per-dimension RMS equals ``v``'s, i.e. random vectors of the head's own scale completed to sum to ``v``;
 * ``equal split``: ``p_i = v / k`` (every prototype map is the class activation map), for reference;
 * ``NMF parts alone``: the scaled NMF components ``alpha_i p_i`` before the residual is added, a diagnostic
   that does *not* reproduce the classifier (see its logit difference).
+
+``--scenes`` picks the evaluation data: ``quickstart`` (the demo's scenes, 1-3 digits of 26-42 px, with the
+demo's ``digitnet``: every feature location sees a whole digit, and one 72/224 box covers all three keypoints,
+so the scores measure "peaks on the digit" rather than parts) or ``parts`` (one digit of 80-100% of the
+side, with a ``digitnet_local`` classifier from ``configs/quickstart/classifier_parts.yaml``: locations see
+parts of a digit and the keypoints fall in different boxes).
 
 Prints a table and writes ``benchmarks/results/prototypes.json``.
 """
@@ -46,6 +57,18 @@ def random_split(weight: torch.Tensor, k: int, seed: int) -> torch.Tensor:
     draws = -torch.log(torch.rand(*weight.shape, k, generator=gen, dtype=torch.float64))  # Exp(1)
     shares = draws / draws.sum(-1, keepdim=True)
     return (shares * weight.double()[..., None]).permute(0, 2, 1)
+
+
+def random_directions(weight: torch.Tensor, k: int, seed: int) -> torch.Tensor:
+    """``[C, k, D]`` Gaussian vectors with ``v``'s per-dimension RMS, shifted to sum to ``v``."""
+    gen = torch.Generator().manual_seed(seed)
+    v = weight.double()
+    rms = v.square().mean(1, keepdim=True).sqrt()[:, None, :]  # [C, 1, 1]
+    z = torch.randn(v.shape[0], k, v.shape[1], generator=gen, dtype=torch.float64) * rms
+    return v[:, None, :] / k + z - z.mean(1, keepdim=True)
+
+
+SCENES = {"quickstart": {}, "parts": {"min_digits": 1, "max_digits": 1, "digit_scale": (0.8, 1.0)}}
 
 
 def fit_heads(sample: Any, weight: torch.Tensor, k: int, seed: int, **options: Any
@@ -90,6 +113,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--classifier", default="checkpoints/quickstart/classifier.ckpt")
     parser.add_argument("--k", type=int, nargs="+", default=[3, 5], help="prototypes per class")
     parser.add_argument("--split", default="test", choices=["val", "test"])
+    parser.add_argument("--scenes", default="quickstart", choices=sorted(SCENES),
+                        help="evaluation scenes (see the module docstring)")
     parser.add_argument("--train-scenes", type=int, default=4000)
     parser.add_argument("--eval-scenes", type=int, default=500)
     parser.add_argument("--image-size", type=int, default=64)
@@ -101,7 +126,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.manual_seed(args.seed)
 
     dm = DigitScenesDataModule(image_size=args.image_size, train_scenes=args.train_scenes,
-                               val_scenes=args.eval_scenes, test_scenes=args.eval_scenes, batch_size=64)
+                               val_scenes=args.eval_scenes, test_scenes=args.eval_scenes, batch_size=64,
+                               **SCENES[args.scenes])
     dm.setup("fit")
     dm.setup("test")
     first_k = args.k[0]
@@ -147,22 +173,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                       positive_evidence_only=False)
         rows.append({"head": "fitted, original settings", "k": k,
                      **evaluate(protos, counts, bias, eval_set, reference)})
-        controls = [evaluate(random_split(weight, k, args.seed + s), [k] * 10, bias, eval_set, reference)
+        for name, make in (("random split (control)", random_split), ("random directions", random_directions)):
+            runs = [evaluate(make(weight, k, args.seed + s), [k] * 10, bias, eval_set, reference)
                     for s in range(args.control_seeds)]
-        stacked = {key: torch.tensor([c[key] for c in controls], dtype=torch.float64) for key in controls[0]}
-        rows.append({"head": "random split (control)", "k": k,
-                     **{key: v.mean().item() for key, v in stacked.items()},
-                     "consistency_std": stacked["consistency"].std().item(),
-                     "stability_std": stacked["stability"].std().item()})
+            stacked = {key: torch.tensor([r[key] for r in runs], dtype=torch.float64) for key in runs[0]}
+            rows.append({"head": name, "k": k, **{key: v.mean().item() for key, v in stacked.items()},
+                         "consistency_std": stacked["consistency"].std().item(),
+                         "stability_std": stacked["stability"].std().item()})
         equal = weight.double()[:, None, :].expand(-1, k, -1) / k
         rows.append({"head": "equal split (class map)", "k": k,
                      **evaluate(equal, [k] * 10, bias, eval_set, reference)})
         rows.append(parts_row)
-        fitted, control = rows[-5], rows[-3]
-        fitted["beats_control"] = {"consistency": fitted["consistency"] > control["consistency"],
-                                   "stability": fitted["stability"] > control["stability"]}
+        by_head = {row["head"]: row for row in rows if row["k"] == k}
+        fitted = by_head["fitted"]
+        for name, key in (("random split (control)", "beats_control"), ("random directions", "beats_directions")):
+            fitted[key] = {metric: fitted[metric] > by_head[name][metric] for metric in ("consistency", "stability")}
 
     result = {"classifier": args.classifier, "classifier_hash": module.classifier.content_hash,
+              "scenes": args.scenes, "scene_options": SCENES[args.scenes],
               "split": args.split, "eval_images": args.eval_scenes, "image_size": args.image_size,
               "seed": args.seed, "control_seeds": args.control_seeds, "settings": options,
               "timings": timings, "rows": rows}
@@ -173,7 +201,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"part-prototypes on digit scenes ({args.split}, {args.eval_scenes} images)")
+    table = Table(title=f"part-prototypes on {args.scenes} digit scenes ({args.split}, {args.eval_scenes} images)")
     for name in ("head", "k", "consistency", "stability", "max |logit diff|", "argmax agree"):
         table.add_column(name, justify="left" if name == "head" else "right")
     for row in rows:

@@ -87,6 +87,29 @@ def digitnet(num_classes: int, width: int = 32) -> ClassifierNet:
     return ClassifierNet(features, nn.Linear(4 * w, num_classes), name="digitnet")
 
 
+def digitnet_local(num_classes: int, width: int = 32) -> ClassifierNet:
+    """A digit-scenes CNN with *local* features: stride 4 and a 19 px receptive field (BagNet-style).
+
+    Four 3x3 conv-BN-ReLU layers (two with stride 2) and two 1x1 layers, so each location of the 16x16 map
+    (at 64 px) sees a 19 px patch: a part of a digit (the scenes' digits are 18-30 px tall), not the whole
+    digit as in :func:`digitnet` (43 px receptive field). Its part-level explanations (part-prototypes,
+    ``benchmarks/prototypes.py``) can therefore be told apart by where they fire. Same head form: ReLU
+    features, global average pooling, one linear layer.
+
+    Args:
+        num_classes: outputs of the linear head.
+        width: channels of the first stage (doubled at each downsampling, and again by the 1x1 layers).
+    """
+    w = width
+    features = nn.Sequential(
+        _conv_bn_relu(3, w, stride=2), _conv_bn_relu(w, w),
+        _conv_bn_relu(w, 2 * w, stride=2), _conv_bn_relu(2 * w, 2 * w),
+        nn.Sequential(nn.Conv2d(2 * w, 4 * w, 1, bias=False), nn.BatchNorm2d(4 * w), nn.ReLU(inplace=True)),
+        nn.Sequential(nn.Conv2d(4 * w, 4 * w, 1, bias=False), nn.BatchNorm2d(4 * w), nn.ReLU(inplace=True)),
+    )
+    return ClassifierNet(features, nn.Linear(4 * w, num_classes), name="digitnet_local")
+
+
 def _replace_last_linear(seq: nn.Sequential, num_classes: int) -> nn.Sequential:
     layers = list(seq.children())
     idx = max(i for i, m in enumerate(layers) if isinstance(m, nn.Linear))
@@ -186,6 +209,8 @@ def build_classifier(name: str, num_classes: int, weights: str | None = None) ->
     path_weights = weights is not None and Path(weights).suffix in (".pt", ".pth", ".safetensors", ".bin")
     if name == "digitnet":
         net = digitnet(num_classes)
+    elif name == "digitnet_local":
+        net = digitnet_local(num_classes)
     elif ":" in name:
         net = _from_callable(name, num_classes)
     elif name.startswith("timm/"):

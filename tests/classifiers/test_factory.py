@@ -9,7 +9,7 @@ from torch import nn
 from explainer.classifiers import ClassifierNet, build_classifier
 
 
-@pytest.mark.parametrize("name", ["digitnet", "resnet18", "mobilenet_v3_small", "tests.helpers:tiny_net"])
+@pytest.mark.parametrize("name", ["digitnet", "digitnet_local", "resnet18", "mobilenet_v3_small", "tests.helpers:tiny_net"])
 def test_names_build_classifiers_with_the_requested_class_count(name):
     net = build_classifier(name, num_classes=7).eval()
     x = torch.randn(2, 3, 64, 64)
@@ -20,9 +20,25 @@ def test_names_build_classifiers_with_the_requested_class_count(name):
     torch.testing.assert_close(net.forward_head(feats), net(x))
 
 
-def test_digitnet_features_are_non_negative():
-    net = build_classifier("digitnet", 10).eval()
+@pytest.mark.parametrize("name", ["digitnet", "digitnet_local"])
+def test_digitnet_features_are_non_negative(name):
+    net = build_classifier(name, 10).eval()
     assert (net.forward_features(torch.randn(3, 3, 64, 64)) >= 0).all()
+
+
+@pytest.mark.parametrize(("name", "stride", "field"), [("digitnet", 8, 43), ("digitnet_local", 4, 19)])
+def test_digitnet_stride_and_receptive_field(name, stride, field):
+    """The input pixels that reach one feature location: a ``field`` px square (measured by its gradient)."""
+    torch.manual_seed(0)
+    net = build_classifier(name, 10).eval()
+    x = torch.randn(1, 3, 96, 96, requires_grad=True)
+    feats = net.forward_features(x)
+    assert feats.shape[-2:] == (96 // stride, 96 // stride)
+    row = col = feats.shape[-1] // 2
+    feats[0, :, row, col].sum().backward()
+    support = x.grad[0].abs().sum(0) > 0
+    ys, xs = torch.nonzero(support, as_tuple=True)
+    assert int(ys.max() - ys.min()) + 1 == field and int(xs.max() - xs.min()) + 1 == field
 
 
 def test_vgg_keeps_the_papers_head():

@@ -40,7 +40,7 @@ def classifier_checkpoint(tmp_path, backbone: str, num_classes: int, image_size:
     return path
 
 
-@pytest.mark.parametrize(("backbone", "size"), [("digitnet", 32), ("resnet18", 64)])
+@pytest.mark.parametrize(("backbone", "size"), [("digitnet", 32), ("digitnet_local", 32), ("resnet18", 64)])
 def test_prototype_logits_equal_the_classifiers(tmp_path, backbone, size):
     torch.manual_seed(0)
     path = classifier_checkpoint(tmp_path, backbone, 4, size)
