@@ -1,10 +1,10 @@
 """Classifiers (Explananda): the factory, the frozen wrapper and the grid-protocol wrappers."""
 
-from explainer.classifiers.factory import ClassifierNet, build_classifier, digitnet
+from explainer.classifiers.factory import ClassifierNet, build_classifier, digitnet, digitnet_local
 from explainer.classifiers.frozen import FrozenClassifier, state_hash
 from explainer.classifiers.protocols import PROTOCOLS, DiFullNet, DiPartNet, GridPGNet, wrap_for_protocol
 
 __all__ = [
     "PROTOCOLS", "ClassifierNet", "DiFullNet", "DiPartNet", "FrozenClassifier", "GridPGNet", "build_classifier",
-    "digitnet", "state_hash", "wrap_for_protocol",
+    "digitnet", "digitnet_local", "state_hash", "wrap_for_protocol",
 ]

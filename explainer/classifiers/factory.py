@@ -91,8 +91,8 @@ def digitnet_local(num_classes: int, width: int = 32) -> ClassifierNet:
     """A digit-scenes CNN with *local* features: stride 4 and a 19 px receptive field (BagNet-style).
 
     Four 3x3 conv-BN-ReLU layers (two with stride 2) and two 1x1 layers, so each location of the 16x16 map
-    (at 64 px) sees a 19 px patch: a part of a digit (the scenes' digits are 18-30 px tall), not the whole
-    digit as in :func:`digitnet` (43 px receptive field). Its part-level explanations (part-prototypes,
+    (at 64 px) sees a 19 px patch: a part of a digit (digit strokes are 18-30 px tall on the quickstart
+    scenes, 36-46 px on one-digit part scenes), not the whole digit as in :func:`digitnet` (43 px). Its part-level explanations (part-prototypes,
     ``benchmarks/prototypes.py``) can therefore be told apart by where they fire. Same head form: ReLU
     features, global average pooling, one linear layer.
 
@@ -193,9 +193,9 @@ def build_classifier(name: str, num_classes: int, weights: str | None = None) ->
     """Builds a classifier with a fresh ``num_classes`` head.
 
     Args:
-        name: ``digitnet``; a torchvision model name (``resnet18``, ``resnet50``, ``vgg16``, ...); a timm
-            name (``timm/<name>``, or a bare name torchvision does not know, when timm is installed); or a
-            user callable ``package.module:factory`` that takes ``num_classes`` and returns an nn.Module.
+        name: ``digitnet`` or ``digitnet_local``; a torchvision model name (``resnet18``, ``resnet50``,
+            ``vgg16``, ...); a timm name (``timm/<name>``, or a bare name torchvision does not know, when timm
+            is installed); or a user callable ``package.module:factory`` that takes ``num_classes`` and returns an nn.Module.
         num_classes: outputs of the head.
         weights: backbone weights: a torchvision weights name (``IMAGENET1K_V1``, needs the internet once)
             or the path of a state dict (``.pt`` / ``.pth`` / ``.safetensors``) loaded non-strictly, so a
@@ -224,8 +224,8 @@ def build_classifier(name: str, num_classes: int, weights: str | None = None) ->
             net = _from_timm(name, num_classes)
         else:
             raise ValueError(
-                f"unknown classifier '{name}': not 'digitnet', not a torchvision classification model "
-                "(see torchvision.models.list_models()), and timm is not installed for timm names"
+                f"unknown classifier '{name}': not 'digitnet' or 'digitnet_local', not a torchvision classification "
+                "model (see torchvision.models.list_models()), and timm is not installed for timm names"
             )
     if path_weights:
         load_backbone_weights(net, weights)
