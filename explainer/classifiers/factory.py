@@ -195,7 +195,8 @@ def build_classifier(name: str, num_classes: int, weights: str | None = None) ->
     Args:
         name: ``digitnet`` or ``digitnet_local``; a torchvision model name (``resnet18``, ``resnet50``,
             ``vgg16``, ...); a timm name (``timm/<name>``, or a bare name torchvision does not know, when timm
-            is installed); or a user callable ``package.module:factory`` that takes ``num_classes`` and returns an nn.Module.
+            is installed); or a user callable ``package.module:factory`` that takes ``num_classes`` and returns
+            an nn.Module.
         num_classes: outputs of the head.
         weights: backbone weights: a torchvision weights name (``IMAGENET1K_V1``, needs the internet once)
             or the path of a state dict (``.pt`` / ``.pth`` / ``.safetensors``) loaded non-strictly, so a
