@@ -1,6 +1,7 @@
 """Validation sweep of the prototype-fitting options against the random-split control.
 
     python benchmarks/prototype_sweep.py --classifier checkpoints/quickstart/classifier.ckpt
+    python benchmarks/prototype_sweep.py --scenes parts --classifier <classifier_parts.yaml's best checkpoint>
 
 For k in 3 and 5, fits heads for every combination of ``evidence_fraction``, ``positive_evidence_only``
 and ``ridge`` from the training split and prints consistency / stability on the *validation* split next to
@@ -21,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from prototypes import evaluate, fit_heads, random_split  # noqa: E402
+from prototypes import SCENES, evaluate, fit_heads, random_split  # noqa: E402
 
 from explainer.data.digits import DigitScenesDataModule  # noqa: E402
 from explainer.metrics.prototypes import prototype_noise  # noqa: E402
@@ -33,9 +34,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--classifier", default="checkpoints/quickstart/classifier.ckpt")
     parser.add_argument("--k", type=int, nargs="+", default=[3, 5])
+    parser.add_argument("--scenes", default="quickstart", choices=sorted(SCENES),
+                        help="evaluation scenes (see benchmarks/prototypes.py)")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
-    dm = DigitScenesDataModule(image_size=64, train_scenes=4000, val_scenes=500, test_scenes=500, batch_size=64)
+    dm = DigitScenesDataModule(image_size=64, train_scenes=4000, val_scenes=500, test_scenes=500, batch_size=64,
+                               **SCENES[args.scenes])
     dm.setup("fit")
     module = PrototypeModule(args.classifier, num_classes=10, class_names=dm.class_names, prototypes_per_class=3,
                              max_locations_per_class=16384, seed=0, gallery_images_per_class=0)
