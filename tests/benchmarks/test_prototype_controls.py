@@ -1,0 +1,49 @@
+"""The controls of ``benchmarks/prototypes.py``: k vectors per class that reconstruct the head exactly."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "prototypes.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("prototype_benchmark", _PATH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+@pytest.mark.parametrize("control", ["random_split", "random_directions"])
+def test_controls_sum_to_the_head_and_depend_on_the_seed(bench, control, k):
+    weight = torch.randn(4, 64, generator=torch.Generator().manual_seed(0))
+    make = getattr(bench, control)
+    protos = make(weight, k, seed=1)
+    assert protos.shape == (4, k, 64) and protos.dtype == torch.float64
+    torch.testing.assert_close(protos.sum(1), weight.double(), rtol=0, atol=1e-12)
+    torch.testing.assert_close(make(weight, k, seed=1), protos, rtol=0, atol=0)
+    if k > 1:
+        assert not torch.allclose(make(weight, k, seed=2), protos)
+
+
+def test_random_split_keeps_the_sign_of_every_weight(bench):
+    weight = torch.randn(3, 50, generator=torch.Generator().manual_seed(0))
+    protos = bench.random_split(weight, 4, seed=0)
+    assert ((protos * weight.double()[:, None, :]) >= 0).all()
+
+
+def test_random_directions_have_the_heads_scale(bench):
+    """Deviations from v / k have about v's per-dimension RMS (times sqrt(1 - 1/k) after centring)."""
+    weight = torch.randn(2, 4096, generator=torch.Generator().manual_seed(0)) * 0.3
+    k = 4
+    protos = bench.random_directions(weight, k, seed=0)
+    deviation = protos - weight.double()[:, None, :] / k
+    rms = deviation.square().mean((1, 2)).sqrt()
+    expected = weight.double().square().mean(1).sqrt() * (1 - 1 / k) ** 0.5
+    torch.testing.assert_close(rms, expected, rtol=0.03, atol=0)
