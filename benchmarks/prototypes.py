@@ -37,6 +37,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +109,63 @@ def evaluate(protos: torch.Tensor, counts: list[int], bias: torch.Tensor, eval_s
             "argmax_agreement": (logits.argmax(1) == reference.argmax(1)).float().mean().item()}
 
 
+@dataclass
+class Setup:
+    """A fitted module, its head, the training location sample and the precomputed evaluation features."""
+
+    module: PrototypeModule
+    weight: torch.Tensor
+    bias: torch.Tensor
+    eval_set: dict[str, Any]
+    reference: torch.Tensor
+    timings: dict[str, Any]
+
+
+def prepare(classifier: str, scenes: str = "quickstart", split: str = "test", k: int = 3, train_scenes: int = 4000,
+            eval_scenes: int = 500, image_size: int = 64, max_locations: int = 16384, seed: int = 0) -> Setup:
+    """Collects the training locations once, fits the module's default head with ``k`` (timed: what train.py
+    does per epoch), and computes the clean and noisy features of the evaluation split once."""
+    torch.manual_seed(seed)
+    dm = DigitScenesDataModule(image_size=image_size, train_scenes=train_scenes, val_scenes=eval_scenes,
+                               test_scenes=eval_scenes, batch_size=64, **SCENES[scenes])
+    dm.setup("fit")
+    dm.setup("test")
+    module = PrototypeModule(classifier, num_classes=10, class_names=dm.class_names, prototypes_per_class=k,
+                             max_locations_per_class=max_locations, seed=seed, gallery_images_per_class=0)
+    weight, bias = pooled_linear_head(module.classifier)
+    start = time.perf_counter()
+    for batch in dm.train_dataloader():
+        module.collect(batch.image, batch.labels)
+    collect_s = time.perf_counter() - start
+    summary = module.fit_prototypes(keep_sample=True)
+    timings = {"collect_seconds": collect_s, "decomposition_seconds": summary["decomposition_seconds"],
+               "k": k, "train_images": train_scenes}
+    loader = dm.val_dataloader() if split == "val" else dm.test_dataloader()
+    gen = torch.Generator().manual_seed(seed + 1)
+    batches, reference = [], []
+    with torch.no_grad():
+        for batch in loader:
+            feats = module.classifier.net.forward_features(batch.image)
+            noisy = module.classifier.net.forward_features(prototype_noise(batch.image, 0.2, 0.25, gen))
+            reference.append(module.classifier.net.forward_head(feats))
+            batches.append((feats, noisy, batch.keypoints, batch.box_labels))
+    eval_set = {"batches": batches, "size": (image_size, image_size)}
+    return Setup(module, weight, bias, eval_set, torch.cat(reference), timings)
+
+
+CONTROLS = {"random split (control)": random_split, "random directions": random_directions}
+
+
+def control_row(name: str, setup: Setup, k: int, seeds: range) -> dict[str, Any]:
+    """The control ``name`` (a key of ``CONTROLS``) scored for every seed: means, plus the scores' std."""
+    runs = [evaluate(CONTROLS[name](setup.weight, k, s), [k] * setup.weight.shape[0], setup.bias, setup.eval_set,
+                     setup.reference) for s in seeds]
+    stacked = {key: torch.tensor([r[key] for r in runs], dtype=torch.float64) for key in runs[0]}
+    return {"head": name, "k": k, **{key: v.mean().item() for key, v in stacked.items()},
+            "consistency_std": stacked["consistency"].std().item(),
+            "stability_std": stacked["stability"].std().item()}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--classifier", default="checkpoints/quickstart/classifier.ckpt")
@@ -123,41 +181,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--control-seeds", type=int, default=5)
     parser.add_argument("--out", default="benchmarks/results/prototypes.json")
     args = parser.parse_args(argv)
-    torch.manual_seed(args.seed)
-
-    dm = DigitScenesDataModule(image_size=args.image_size, train_scenes=args.train_scenes,
-                               val_scenes=args.eval_scenes, test_scenes=args.eval_scenes, batch_size=64,
-                               **SCENES[args.scenes])
-    dm.setup("fit")
-    dm.setup("test")
     first_k = args.k[0]
-    module = PrototypeModule(args.classifier, num_classes=10, class_names=dm.class_names,
-                             prototypes_per_class=first_k, max_locations_per_class=args.max_locations,
-                             seed=args.seed, gallery_images_per_class=0)
-    weight, bias = pooled_linear_head(module.classifier)
-
-    # 1. collect the training locations once, fit the default head (timed: what train.py does per epoch)
-    start = time.perf_counter()
-    for batch in dm.train_dataloader():
-        module.collect(batch.image, batch.labels)
-    collect_s = time.perf_counter() - start
-    summary = module.fit_prototypes(keep_sample=True)
-    sample = module.location_sample
-    timings = {"collect_seconds": collect_s, "decomposition_seconds": summary["decomposition_seconds"],
-               "k": first_k, "train_images": args.train_scenes}
-
-    # 2. the evaluation images: clean and noisy features, computed once
-    loader = dm.val_dataloader() if args.split == "val" else dm.test_dataloader()
-    gen = torch.Generator().manual_seed(args.seed + 1)
-    batches, reference = [], []
-    with torch.no_grad():
-        for batch in loader:
-            feats = module.classifier.net.forward_features(batch.image)
-            noisy = module.classifier.net.forward_features(prototype_noise(batch.image, 0.2, 0.25, gen))
-            reference.append(module.classifier.net.forward_head(feats))
-            batches.append((feats, noisy, batch.keypoints, batch.box_labels))
-    eval_set = {"batches": batches, "size": (args.image_size, args.image_size)}
-    reference = torch.cat(reference)
+    setup = prepare(args.classifier, args.scenes, args.split, first_k, args.train_scenes, args.eval_scenes,
+                    args.image_size, args.max_locations, args.seed)
+    module, weight, bias = setup.module, setup.weight, setup.bias
+    eval_set, reference, sample = setup.eval_set, setup.reference, module.location_sample
 
     # 3. heads and controls
     rows: list[dict[str, Any]] = []
@@ -173,27 +201,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                       positive_evidence_only=False)
         rows.append({"head": "fitted, original settings", "k": k,
                      **evaluate(protos, counts, bias, eval_set, reference)})
-        for name, make in (("random split (control)", random_split), ("random directions", random_directions)):
-            runs = [evaluate(make(weight, k, args.seed + s), [k] * 10, bias, eval_set, reference)
-                    for s in range(args.control_seeds)]
-            stacked = {key: torch.tensor([r[key] for r in runs], dtype=torch.float64) for key in runs[0]}
-            rows.append({"head": name, "k": k, **{key: v.mean().item() for key, v in stacked.items()},
-                         "consistency_std": stacked["consistency"].std().item(),
-                         "stability_std": stacked["stability"].std().item()})
+        rows += [control_row(name, setup, k, range(args.seed, args.seed + args.control_seeds)) for name in CONTROLS]
         equal = weight.double()[:, None, :].expand(-1, k, -1) / k
         rows.append({"head": "equal split (class map)", "k": k,
                      **evaluate(equal, [k] * 10, bias, eval_set, reference)})
         rows.append(parts_row)
         by_head = {row["head"]: row for row in rows if row["k"] == k}
         fitted = by_head["fitted"]
-        for name, key in (("random split (control)", "beats_control"), ("random directions", "beats_directions")):
+        for name, key in zip(CONTROLS, ("beats_control", "beats_directions"), strict=True):
             fitted[key] = {metric: fitted[metric] > by_head[name][metric] for metric in ("consistency", "stability")}
 
     result = {"classifier": args.classifier, "classifier_hash": module.classifier.content_hash,
               "scenes": args.scenes, "scene_options": SCENES[args.scenes],
               "split": args.split, "eval_images": args.eval_scenes, "image_size": args.image_size,
               "seed": args.seed, "control_seeds": args.control_seeds, "settings": options,
-              "timings": timings, "rows": rows}
+              "timings": setup.timings, "rows": rows}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
@@ -211,8 +233,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                       f"{row['argmax_agreement']:.3f}")
     console = Console(width=110)
     console.print(table)
-    console.print(f"collection {collect_s:.1f} s over {args.train_scenes} images, decomposition "
-                  f"{summary['decomposition_seconds']:.1f} s (k={first_k}); written to {out}")
+    console.print(f"collection {setup.timings['collect_seconds']:.1f} s over {args.train_scenes} images, "
+                  f"decomposition {setup.timings['decomposition_seconds']:.1f} s (k={first_k}); written to {out}")
     return result
 
 

@@ -62,9 +62,10 @@ class ClassifierNet(nn.Module):
         return linears[-1].out_features
 
 
-def _conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+def _conv_bn_relu(cin: int, cout: int, stride: int = 1, kernel: int = 3) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+        nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, bias=False), nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
     )
 
 
@@ -104,8 +105,7 @@ def digitnet_local(num_classes: int, width: int = 32) -> ClassifierNet:
     features = nn.Sequential(
         _conv_bn_relu(3, w, stride=2), _conv_bn_relu(w, w),
         _conv_bn_relu(w, 2 * w, stride=2), _conv_bn_relu(2 * w, 2 * w),
-        nn.Sequential(nn.Conv2d(2 * w, 4 * w, 1, bias=False), nn.BatchNorm2d(4 * w), nn.ReLU(inplace=True)),
-        nn.Sequential(nn.Conv2d(4 * w, 4 * w, 1, bias=False), nn.BatchNorm2d(4 * w), nn.ReLU(inplace=True)),
+        _conv_bn_relu(2 * w, 4 * w, kernel=1), _conv_bn_relu(4 * w, 4 * w, kernel=1),
     )
     return ClassifierNet(features, nn.Linear(4 * w, num_classes), name="digitnet_local")
 
