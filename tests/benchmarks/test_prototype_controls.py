@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,8 +16,10 @@ _PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "prototypes.py"
 def bench():
     spec = importlib.util.spec_from_file_location("prototype_benchmark", _PATH)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve their module's names through sys.modules
     spec.loader.exec_module(module)
-    return module
+    yield module
+    sys.modules.pop(spec.name, None)
 
 
 @pytest.mark.parametrize("k", [1, 3, 5])
