@@ -29,8 +29,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--k", type=int, nargs="+", default=[3, 5])
     parser.add_argument("--scenes", default="quickstart", choices=sorted(SCENES),
                         help="evaluation scenes (see benchmarks/prototypes.py)")
+    parser.add_argument("--eval-scenes", type=int, default=2000, help="validation scenes")
     args = parser.parse_args(argv)
-    setup = prepare(args.classifier, args.scenes, "val")
+    setup = prepare(args.classifier, args.scenes, "val", eval_scenes=args.eval_scenes)
+    print(f"{args.scenes} scenes, {args.eval_scenes} validation images, classifier {args.classifier}", flush=True)
     sample = setup.module.location_sample
     for k in args.k:
         control = control_row("random split (control)", setup, k, range(5))
