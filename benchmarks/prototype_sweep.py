@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from prototypes import SCENES, control_row, evaluate, fit_heads, prepare  # noqa: E402
+from prototypes import EVAL_SCENES, SCENES, control_row, evaluate, fit_heads, prepare  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--k", type=int, nargs="+", default=[3, 5])
     parser.add_argument("--scenes", default="quickstart", choices=sorted(SCENES),
                         help="evaluation scenes (see benchmarks/prototypes.py)")
-    parser.add_argument("--eval-scenes", type=int, default=2000, help="validation scenes")
+    parser.add_argument("--eval-scenes", type=int, default=EVAL_SCENES, help="validation scenes")
     args = parser.parse_args(argv)
     setup = prepare(args.classifier, args.scenes, "val", eval_scenes=args.eval_scenes)
     print(f"{args.scenes} scenes, {args.eval_scenes} validation images, classifier {args.classifier}", flush=True)
