@@ -2,15 +2,17 @@
 
 A dataset decodes an image and its annotations in the image's own pixel coordinates into a
 :class:`RawSample`; :class:`SampleTransform` then resizes (and, for training, augments) the image, its
-boxes and its masks together with ``torchvision.transforms.v2`` and ``tv_tensors``, normalises the image
-and returns the typed :class:`~explainer.data.batch.Sample`. Boxes and masks therefore follow every
-resize, crop, flip and rotation.
+boxes, its part keypoints and its masks together with ``torchvision.transforms.v2`` and ``tv_tensors``,
+normalises the image and returns the typed :class:`~explainer.data.batch.Sample`. Boxes, keypoints and
+masks therefore follow every resize, crop, flip and rotation.
 
 Geometry conventions (the same as digit scenes): a box ``(x0, y0, x1, y1)`` is in continuous pixel
 coordinates with ``x1`` / ``y1`` exclusive, so the box of pixel columns ``a..b`` is ``(a, ., b + 1, .)``.
 Image resizes are bilinear with antialiasing; mask resizes are nearest-neighbour at pixel centres
 (``NEAREST_EXACT``), so after a resize a mask holds exactly the pixels whose centres fall inside the
-scaled region, in agreement with the scaled boxes.
+scaled region, in agreement with the scaled boxes. Keypoints are points in the same continuous
+coordinates (a flip maps ``x`` to ``W - x``, as for box corners); a keypoint that leaves the image (a crop,
+a rotation) becomes NaN, i.e. not visible.
 
 Resize modes:
     * ``stretch``: ``Resize((s, s))`` without keeping the aspect ratio (the published presets).
@@ -52,6 +54,7 @@ class RawSample:
             image has no mask ground truth (``k = 0`` means "has ground truth, no class present").
         mask_classes: ``[k]`` long, the distinct class index of each mask channel.
         id: the image's identifier.
+        keypoints: optional ``[n, P, 2]`` float ``(x, y)`` part locations per box (NaN: not visible).
     """
 
     image: Tensor
@@ -62,6 +65,7 @@ class RawSample:
     masks: Tensor | None = None
     mask_classes: Tensor | None = None
     id: str = ""
+    keypoints: Tensor | None = None
 
 
 class _Resize(v2.Transform):
@@ -88,11 +92,28 @@ def _clip_boxes(boxes: tv_tensors.BoundingBoxes) -> tuple[tv_tensors.BoundingBox
     return tv_tensors.wrap(plain[keep], like=boxes), keep
 
 
+def _points_as_boxes(points: Tensor, canvas_size: tuple[int, int]) -> tv_tensors.BoundingBoxes:
+    """``[n, P, 2]`` points as zero-area XYXY boxes (unclamped), so they share the boxes' geometry exactly."""
+    flat = points.to(torch.float32).reshape(-1, 2)
+    return tv_tensors.BoundingBoxes(torch.cat([flat, flat], dim=1), format="XYXY", canvas_size=canvas_size,
+                                    clamping_mode=None)
+
+
+def _boxes_as_points(boxes: tv_tensors.BoundingBoxes, shape: tuple[int, ...]) -> Tensor:
+    """Back to ``shape`` (``[n, P, 2]``) points; those outside the canvas become NaN (not visible)."""
+    height, width = boxes.canvas_size
+    plain = boxes.as_subclass(Tensor).reshape(-1, 4)
+    points = (plain[:, :2] + plain[:, 2:]) / 2  # the centre: exact under flips and rotations
+    inside = (points[:, 0] >= 0) & (points[:, 0] <= width) & (points[:, 1] >= 0) & (points[:, 1] <= height)
+    return points.masked_fill(~inside[:, None], float("nan")).reshape(shape)
+
+
 class SampleTransform:
     """Resizes, optionally augments and normalises a :class:`RawSample` into a :class:`Sample`.
 
     The pipeline is ``resize -> [flip -> rotation -> colour jitter] -> float -> normalise`` (the bracket only
-    with ``augment=True``); the image, its boxes and its masks go through every geometric step together.
+    with ``augment=True``); the image, its boxes, its keypoints and its masks go through every geometric step
+    together.
 
     Args:
         image_size: side ``s`` of the square output.
@@ -165,17 +186,29 @@ class SampleTransform:
         has_mask_channels = raw.masks is not None and raw.masks.shape[0] > 0
         if has_mask_channels:
             inputs["masks"] = tv_tensors.Mask(raw.masks.to(torch.uint8))
+        keypoints = None
+        if raw.keypoints is not None:
+            keypoints = raw.keypoints.to(torch.float32)
+            if keypoints.ndim != 3 or keypoints.shape[0] != boxes_in.shape[0] or keypoints.shape[2] != 2:
+                raise ValueError(f"keypoints must be [n, P, 2] for the {boxes_in.shape[0]} boxes of '{raw.id}', "
+                                 f"got {tuple(keypoints.shape)}")
+            inputs["keypoints"] = _points_as_boxes(keypoints, (height, width))
         box_labels = raw.box_labels.long().reshape(-1)
         difficult = raw.difficult.bool().reshape(-1)
         # boxes cropped away are dropped before the augmentation can rotate them back into the image
         out = self.geometry(inputs)
         out["boxes"], keep = _clip_boxes(out["boxes"])
         box_labels, difficult = box_labels[keep], difficult[keep]
+        if keypoints is not None:
+            keypoints = _boxes_as_points(out["keypoints"], keypoints.shape)[keep]
+            out["keypoints"] = _points_as_boxes(keypoints, out["keypoints"].canvas_size)
         out = self.pipeline(out)
         image = out["image"].as_subclass(Tensor).contiguous()
         out_h, out_w = image.shape[-2:]
         boxes, keep = _clip_boxes(out["boxes"])
         boxes = boxes.as_subclass(Tensor)
+        if keypoints is not None:
+            keypoints = _boxes_as_points(out["keypoints"], keypoints.shape)[keep]
 
         masks = None
         if raw.masks is not None:
@@ -189,6 +222,7 @@ class SampleTransform:
             boxes=boxes,
             box_labels=box_labels[keep],
             difficult=difficult[keep],
+            keypoints=keypoints,
             id=raw.id,
             orig_size=(int(height), int(width)),
         )

@@ -121,7 +121,8 @@ class _PrototypeMetric(Metric):
             )
         for kp in keypoints:
             if kp.ndim != 3 or kp.shape[1:] != (self.num_parts, 2):
-                raise ValueError(f"keypoints must be [n, {self.num_parts}, 2] per image, got {tuple(kp.shape)}")
+                raise ValueError(f"keypoints must be [n, {self.num_parts}, 2] per image (num_parts={self.num_parts}), "
+                                 f"got {tuple(kp.shape)}: set num_parts to the data's keypoints per object")
 
 
 class PrototypeConsistency(_PrototypeMetric):

@@ -253,3 +253,57 @@ def snapshot(root: str | Path) -> dict[str, tuple[int, int]]:
             st = os.stat(os.path.join(folder, name))
             out[os.path.relpath(os.path.join(folder, name), root)] = (st.st_size, st.st_mtime_ns)
     return out
+
+
+CUB_PARTS = ("back", "beak", "belly", "breast", "crown", "forehead", "left eye", "left leg", "left wing", "nape",
+             "right eye", "right leg", "right wing", "tail", "throat")
+
+
+@dataclass
+class FakeBird:
+    """One written CUB image: id, class index, split, box ``(x, y, w, h)`` and 15 keypoints (None: not visible)."""
+
+    image_id: int
+    cls: int
+    train: bool
+    width: int
+    height: int
+    box: tuple[float, float, float, float]
+    parts: list[tuple[float, float] | None]
+    path: str = ""
+
+
+def make_cub200(root: str | Path, num_classes: int = 3, per_class: int = 4, seed: int = 0) -> list[FakeBird]:
+    """Writes a tiny ``CUB_200_2011`` tree: ``num_classes`` classes of ``per_class`` images (half train), one
+    box-shaped "bird" per image with 15 keypoints on it, some not visible (written as ``0 0 0``)."""
+    rng = np.random.default_rng(seed)
+    folder = Path(root) / "CUB_200_2011"
+    (folder / "parts").mkdir(parents=True, exist_ok=True)
+    birds: list[FakeBird] = []
+    image_id = 0
+    for c in range(num_classes):
+        class_dir = f"{c + 1:03d}.Fake_Bird_{c}"
+        (folder / "images" / class_dir).mkdir(parents=True, exist_ok=True)
+        for j in range(per_class):
+            image_id += 1
+            width, height = int(rng.integers(60, 90)), int(rng.integers(50, 80))
+            x, y = float(rng.integers(2, 15)), float(rng.integers(2, 12))
+            w, h = float(rng.integers(20, width - x - 1)), float(rng.integers(20, height - y - 1))
+            parts = [None if rng.random() < 0.3 else (float(round(x + rng.uniform(0, w), 1)),
+                                                         float(round(y + rng.uniform(0, h), 1))) for _ in CUB_PARTS]
+            bird = FakeBird(image_id, c, j % 2 == 0, width, height, (x, y, w, h), parts,
+                            f"{class_dir}/Fake_Bird_{c}_{image_id:04d}.jpg")
+            pixels = rng.integers(0, 40, (height, width, 3), dtype=np.uint8)
+            pixels[int(y):int(y + h), int(x):int(x + w)] = 230
+            _save_jpeg(pixels, folder / "images" / bird.path)
+            birds.append(bird)
+    (folder / "classes.txt").write_text("".join(f"{c + 1} {c + 1:03d}.Fake_Bird_{c}\n" for c in range(num_classes)))
+    (folder / "parts" / "parts.txt").write_text("".join(f"{i + 1} {n}\n" for i, n in enumerate(CUB_PARTS)))
+    (folder / "images.txt").write_text("".join(f"{b.image_id} {b.path}\n" for b in birds))
+    (folder / "image_class_labels.txt").write_text("".join(f"{b.image_id} {b.cls + 1}\n" for b in birds))
+    (folder / "train_test_split.txt").write_text("".join(f"{b.image_id} {int(b.train)}\n" for b in birds))
+    (folder / "bounding_boxes.txt").write_text("".join(f"{b.image_id} {' '.join(map(str, b.box))}\n" for b in birds))
+    (folder / "parts" / "part_locs.txt").write_text("".join(
+        f"{b.image_id} {p + 1} {xy[0] if xy else 0.0} {xy[1] if xy else 0.0} {int(xy is not None)}\n"
+        for b in birds for p, xy in enumerate(b.parts)))
+    return birds

@@ -132,3 +132,57 @@ def test_images_without_boxes_or_mask_channels():
 def test_bad_resize_mode_is_refused():
     with pytest.raises(ValueError, match="resize mode"):
         SampleTransform(resize="letterbox")
+
+
+def keypoint_sample(width: int = 40, height: int = 20) -> RawSample:
+    """The patch sample with three keypoints on its box: two corners-ish points and one not visible."""
+    raw = patch_sample(width, height, (4, 2, 14, 12))
+    raw.keypoints = torch.tensor([[[5.0, 3.0], [13.0, 11.0], [float("nan"), float("nan")]]])
+    return raw
+
+
+def test_keypoints_follow_a_stretch_exactly():
+    s = identity_norm(image_size=10)(keypoint_sample())  # x scaled by 1/4, y by 1/2
+    torch.testing.assert_close(s.keypoints[0, :2], torch.tensor([[1.25, 1.5], [3.25, 5.5]]))
+    assert s.keypoints.shape == (1, 3, 2) and torch.isnan(s.keypoints[0, 2]).all()
+
+
+def test_keypoints_mirror_like_box_corners_under_a_flip():
+    s = identity_norm(image_size=40, resize="stretch", augment=True, hflip=1.0, rotation=0, colour_jitter=0)(
+        keypoint_sample(40, 40))
+    torch.testing.assert_close(s.keypoints[0, :2], torch.tensor([[35.0, 3.0], [27.0, 11.0]]))
+    # the mirrored box holds the mirrored points, as it held the originals
+    x0, _, x1, _ = s.boxes[0].tolist()
+    assert x0 <= 27.0 and 35.0 <= x1
+
+
+def test_keypoints_cropped_away_become_not_visible():
+    raw = patch_sample(40, 20, (4, 2, 30, 12))
+    raw.keypoints = torch.tensor([[[5.0, 3.0], [25.0, 10.0], [float("nan"), float("nan")]]])
+    s = identity_norm(image_size=20, resize="shorter_crop")(raw)  # keeps columns 10..30 of the 40
+    assert torch.isnan(s.keypoints[0, 0]).all() and torch.isnan(s.keypoints[0, 2]).all()
+    torch.testing.assert_close(s.keypoints[0, 1], torch.tensor([15.0, 10.0]))
+
+
+def test_keypoints_stay_inside_their_rotated_box():
+    raw = keypoint_sample(40, 40)
+    for seed in range(5):
+        torch.manual_seed(seed)
+        s = identity_norm(image_size=40, augment=True, hflip=0.5, rotation=20, colour_jitter=0)(raw)
+        x0, y0, x1, y1 = s.boxes[0].tolist()
+        pts = s.keypoints[0, :2]
+        assert ((pts[:, 0] >= x0 - 1e-4) & (pts[:, 0] <= x1 + 1e-4)).all()
+        assert ((pts[:, 1] >= y0 - 1e-4) & (pts[:, 1] <= y1 + 1e-4)).all()
+        # a rotation keeps the distance between the two points
+        assert abs(float((pts[0] - pts[1]).norm()) - float(torch.tensor([8.0, 8.0]).norm())) < 1e-3
+
+
+def test_keypoints_must_match_the_boxes():
+    raw = keypoint_sample()
+    raw.keypoints = torch.zeros(2, 3, 2)
+    with pytest.raises(ValueError, match="keypoints must be"):
+        identity_norm(image_size=10)(raw)
+
+
+def test_samples_without_keypoints_have_none():
+    assert identity_norm(image_size=10)(patch_sample(40, 20, (4, 2, 14, 12))).keypoints is None
