@@ -27,6 +27,12 @@ so the scores measure "peaks on the digit" rather than parts) or ``parts`` (one 
 side, with a ``digitnet_local`` classifier from ``configs/quickstart/classifier_parts.yaml``: locations see
 parts of a digit and the keypoints fall in different boxes).
 
+``--data cub --data-root <folder holding CUB_200_2011>`` runs the same comparison on CUB-200-2011 with its
+15 part keypoints, the paper's setting, for a classifier trained on CUB (e.g. ``train.py fit --config
+configs/data/cub.yaml --config configs/model/classifier.yaml`` from a pretrained backbone checkpoint): the
+training split is collected, the test (or held-out validation) split is scored, ``--eval-scenes`` caps the
+number of evaluation images (0: all) and ``--image-size`` defaults to 224.
+
 Prints a table and writes ``benchmarks/results/prototypes.json``.
 """
 
@@ -45,6 +51,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from explainer.data.base import ExplainerDataModule  # noqa: E402
+from explainer.data.cub import CUB200DataModule  # noqa: E402
 from explainer.data.digits import DigitScenesDataModule  # noqa: E402
 from explainer.metrics.prototypes import PrototypeConsistency, PrototypeStability, prototype_noise  # noqa: E402
 from explainer.modules.prototypes import PrototypeModule  # noqa: E402
@@ -96,8 +104,8 @@ def evaluate(protos: torch.Tensor, counts: list[int], bias: torch.Tensor, eval_s
     layer = PrototypeLayer(num_classes, k, dim)
     layer.set_prototypes(protos.float(), bias)
     valid = torch.arange(k)[None, :] < torch.tensor(counts)[:, None]
-    consistency = PrototypeConsistency(num_classes, k, 3, valid=valid)
-    stability = PrototypeStability(num_classes, k, 3, valid=valid)
+    consistency = PrototypeConsistency(num_classes, k, eval_set["num_parts"], valid=valid)
+    stability = PrototypeStability(num_classes, k, eval_set["num_parts"], valid=valid)
     logits = []
     for feats, noisy, keypoints, labels in eval_set["batches"]:
         out, maps, _ = layer(feats)
@@ -122,35 +130,69 @@ class Setup:
     timings: dict[str, Any]
 
 
+DATA = ("digits", "cub")
+
+
+def make_data(data: str = "digits", scenes: str = "quickstart", train_scenes: int = 4000,
+              eval_scenes: int = EVAL_SCENES, image_size: int = 64, root: str | None = None,
+              batch_size: int = 64, num_workers: int = 0, split: str = "test") -> ExplainerDataModule:
+    """The data module: digit scenes of kind ``scenes`` (``train_scenes`` / ``eval_scenes`` scenes), or
+    CUB-200-2011 under ``root`` (scored on ``test``: every official training image is collected; on ``val``:
+    10% of each class's training images are held out for scoring)."""
+    if data == "digits":
+        return DigitScenesDataModule(image_size=image_size, train_scenes=train_scenes, val_scenes=eval_scenes,
+                                     test_scenes=eval_scenes, batch_size=batch_size, **SCENES[scenes])
+    if data == "cub":
+        if root is None:
+            raise ValueError("--data cub needs --data-root, the folder holding CUB_200_2011")
+        return CUB200DataModule(root, val_fraction=0.1 if split == "val" else 0.0, image_size=image_size,
+                                batch_size=batch_size, num_workers=num_workers)
+    raise ValueError(f"unknown data '{data}'; expected one of {DATA}")
+
+
 def prepare(classifier: str, scenes: str = "quickstart", split: str = "test", k: int = 3, train_scenes: int = 4000,
-            eval_scenes: int = EVAL_SCENES, image_size: int = 64, max_locations: int = 16384, seed: int = 0) -> Setup:
+            eval_scenes: int = EVAL_SCENES, image_size: int = 64, max_locations: int = 16384, seed: int = 0,
+            data: str = "digits", root: str | None = None, num_workers: int = 0) -> Setup:
     """Collects the training locations once, fits the module's default head with ``k`` (timed: what train.py
-    does per epoch), and computes the clean and noisy features of the evaluation split once."""
+    does per epoch), and computes the clean and noisy features of the evaluation split once (for CUB, of its
+    first ``eval_scenes`` images; 0: all)."""
+    from rich.progress import track
+
     torch.manual_seed(seed)
-    dm = DigitScenesDataModule(image_size=image_size, train_scenes=train_scenes, val_scenes=eval_scenes,
-                               test_scenes=eval_scenes, batch_size=64, **SCENES[scenes])
+    dm = make_data(data, scenes, train_scenes, eval_scenes, image_size, root, num_workers=num_workers, split=split)
     dm.setup("fit")
     dm.setup("test")
-    module = PrototypeModule(classifier, num_classes=10, class_names=dm.class_names, prototypes_per_class=k,
-                             max_locations_per_class=max_locations, seed=seed, gallery_images_per_class=0)
+    module = PrototypeModule(classifier, num_classes=dm.num_classes, class_names=dm.class_names,
+                             prototypes_per_class=k, max_locations_per_class=max_locations, seed=seed,
+                             gallery_images_per_class=0)
     weight, bias = pooled_linear_head(module.classifier)
     start = time.perf_counter()
-    for batch in dm.train_dataloader():
-        module.collect(batch.image, batch.labels)
+    train_images = 0
+    with torch.no_grad():
+        for batch in track(dm.train_dataloader(), description="collecting training locations", transient=True):
+            module.collect(batch.image, batch.labels)
+            train_images += len(batch.image)
     collect_s = time.perf_counter() - start
     summary = module.fit_prototypes(keep_sample=True)
     timings = {"collect_seconds": collect_s, "decomposition_seconds": summary["decomposition_seconds"],
-               "k": k, "train_images": train_scenes}
+               "k": k, "train_images": train_images}
     loader = dm.val_dataloader() if split == "val" else dm.test_dataloader()
+    limit = eval_scenes if data == "cub" and eval_scenes > 0 else None
     gen = torch.Generator().manual_seed(seed + 1)
-    batches, reference = [], []
+    batches, reference, num_parts, seen = [], [], None, 0
     with torch.no_grad():
-        for batch in loader:
+        for batch in track(loader, description=f"features of the {split} split", transient=True):
+            if limit is not None and seen >= limit:
+                break
+            if batch.keypoints is None:
+                raise ValueError(f"the {split} split of '{data}' has no part keypoints to score prototypes with")
+            num_parts = batch.keypoints[0].shape[1]
             feats = module.classifier.net.forward_features(batch.image)
             noisy = module.classifier.net.forward_features(prototype_noise(batch.image, 0.2, 0.25, gen))
             reference.append(module.classifier.net.forward_head(feats))
             batches.append((feats, noisy, batch.keypoints, batch.box_labels))
-    eval_set = {"batches": batches, "size": (image_size, image_size)}
+            seen += len(batch.image)
+    eval_set = {"batches": batches, "size": (image_size, image_size), "num_parts": num_parts, "images": seen}
     return Setup(module, weight, bias, eval_set, torch.cat(reference), timings)
 
 
@@ -172,19 +214,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--classifier", default="checkpoints/quickstart/classifier.ckpt")
     parser.add_argument("--k", type=int, nargs="+", default=[3, 5], help="prototypes per class")
     parser.add_argument("--split", default="test", choices=["val", "test"])
+    parser.add_argument("--data", default="digits", choices=DATA, help="digit scenes or CUB-200-2011")
+    parser.add_argument("--data-root", default=None, help="with --data cub: the folder holding CUB_200_2011")
+    parser.add_argument("--num-workers", type=int, default=0, help="loader workers (CUB images are decoded)")
     parser.add_argument("--scenes", default="quickstart", choices=sorted(SCENES),
                         help="evaluation scenes (see the module docstring)")
     parser.add_argument("--train-scenes", type=int, default=4000)
-    parser.add_argument("--eval-scenes", type=int, default=EVAL_SCENES, help="evaluation scenes")
-    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--eval-scenes", type=int, default=None,
+                        help=f"evaluation scenes (digits: default {EVAL_SCENES}); CUB: the most test images (default 0: all)")
+    parser.add_argument("--image-size", type=int, default=None, help="default 64 (digits) or 224 (CUB)")
     parser.add_argument("--max-locations", type=int, default=16384)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--control-seeds", type=int, default=5)
     parser.add_argument("--out", default="benchmarks/results/prototypes.json")
     args = parser.parse_args(argv)
+    if args.eval_scenes is None:
+        args.eval_scenes = EVAL_SCENES if args.data == "digits" else 0
+    if args.image_size is None:
+        args.image_size = 64 if args.data == "digits" else 224
     first_k = args.k[0]
     setup = prepare(args.classifier, args.scenes, args.split, first_k, args.train_scenes, args.eval_scenes,
-                    args.image_size, args.max_locations, args.seed)
+                    args.image_size, args.max_locations, args.seed, args.data, args.data_root, args.num_workers)
     module, weight, bias = setup.module, setup.weight, setup.bias
     eval_set, reference, sample = setup.eval_set, setup.reference, module.location_sample
 
@@ -205,16 +255,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         rows += [control_row(name, setup, k, range(args.seed, args.seed + args.control_seeds)) for name in CONTROLS]
         equal = weight.double()[:, None, :].expand(-1, k, -1) / k
         rows.append({"head": "equal split (class map)", "k": k,
-                     **evaluate(equal, [k] * 10, bias, eval_set, reference)})
+                     **evaluate(equal, [k] * weight.shape[0], bias, eval_set, reference)})
         rows.append(parts_row)
         by_head = {row["head"]: row for row in rows if row["k"] == k}
         fitted = by_head["fitted"]
         for name, key in zip(CONTROLS, ("beats_control", "beats_directions"), strict=True):
             fitted[key] = {metric: fitted[metric] > by_head[name][metric] for metric in ("consistency", "stability")}
 
-    result = {"classifier": args.classifier, "classifier_hash": module.classifier.content_hash,
-              "scenes": args.scenes, "scene_options": SCENES[args.scenes],
-              "split": args.split, "eval_images": args.eval_scenes, "image_size": args.image_size,
+    source = {"data": "cub", "data_root": args.data_root} if args.data == "cub" else {
+        "scenes": args.scenes, "scene_options": SCENES[args.scenes]}
+    result = {"classifier": args.classifier, "classifier_hash": module.classifier.content_hash, **source,
+              "split": args.split, "eval_images": eval_set["images"], "image_size": args.image_size,
               "seed": args.seed, "control_seeds": args.control_seeds, "settings": options,
               "timings": setup.timings, "rows": rows}
     out = Path(args.out)
@@ -224,7 +275,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"part-prototypes on {args.scenes} digit scenes ({args.split}, {args.eval_scenes} images)")
+    what = "CUB-200-2011" if args.data == "cub" else f"{args.scenes} digit scenes"
+    table = Table(title=f"part-prototypes on {what} ({args.split}, {eval_set['images']} images)")
     for name in ("head", "k", "consistency", "stability", "max |logit diff|", "argmax agree"):
         table.add_column(name, justify="left" if name == "head" else "right")
     for row in rows:
@@ -234,7 +286,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                       f"{row['argmax_agreement']:.3f}")
     console = Console(width=110)
     console.print(table)
-    console.print(f"collection {setup.timings['collect_seconds']:.1f} s over {args.train_scenes} images, "
+    console.print(f"collection {setup.timings['collect_seconds']:.1f} s over {setup.timings['train_images']} images, "
                   f"decomposition {setup.timings['decomposition_seconds']:.1f} s (k={first_k}); written to {out}")
     return result
 

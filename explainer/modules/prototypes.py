@@ -197,6 +197,9 @@ class PrototypeModule(pl.LightningModule):
     def _gathered_reservoir(self) -> LocationReservoir:
         reservoir = self._reservoir
         if self._trainer is not None and self.trainer.world_size > 1:
+            # the processes' storage grew with what each was offered: gather at the largest size
+            rows = self.all_gather(torch.tensor(reservoir.allocated, device=self.device))
+            reservoir.grow(int(rows.max()))
             keys = self.all_gather(reservoir.keys.to(self.device))
             feats = self.all_gather(reservoir.features.to(self.device))
             offered = self.all_gather(reservoir.offered.to(self.device)).sum(0).cpu()

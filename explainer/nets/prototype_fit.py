@@ -84,7 +84,9 @@ class LocationReservoir:
     seeded uniform key and a class keeps the ``capacity`` offers with the smallest keys ("bottom-k"
     sampling), which is a uniform sample without replacement of everything offered, computed batch-wise
     without loops over classes or locations. All-zero locations carry no information for NMF or for the
-    alignment loss and are counted but not stored.
+    alignment loss and are counted but not stored. Storage grows with what is offered (doubling, up to
+    ``capacity``), so a dataset of many classes with few images each (CUB-200: about 1,500 locations per
+    class at 7x7) never allocates ``classes x capacity`` rows up front.
 
     Args:
         num_classes: ``C``.
@@ -103,8 +105,8 @@ class LocationReservoir:
         self.num_classes = num_classes
         self.feature_dim = feature_dim
         self.capacity = capacity
-        self.keys = torch.full((num_classes, capacity), float("inf"), dtype=torch.float64)
-        self.features = torch.zeros(num_classes, capacity, feature_dim, dtype=torch.float64)
+        self.keys = torch.full((num_classes, 0), float("inf"), dtype=torch.float64)
+        self.features = torch.zeros(num_classes, 0, feature_dim, dtype=torch.float64)
         self.offered = torch.zeros(num_classes, dtype=torch.long)
         self.nonzero = torch.zeros(num_classes, dtype=torch.long)
         self.generator = torch.Generator().manual_seed(int(seed))
@@ -135,14 +137,33 @@ class LocationReservoir:
         offers = present & useful
         self.nonzero += offers.sum(1)
         keys = torch.rand(self.num_classes, x.shape[0], generator=self.generator, dtype=torch.float64)
-        bottom_k_insert(self.keys, self.features, keys.masked_fill(~offers, float("inf")), x)
+        stored = torch.isfinite(self.keys).sum(1)
+        needed = int((stored + offers.sum(1)).clamp(max=self.capacity).max()) if self.num_classes else 0
+        if needed > self.allocated:
+            self.grow(min(self.capacity, max(needed, 2 * self.allocated)))
+        if self.allocated:
+            bottom_k_insert(self.keys, self.features, keys.masked_fill(~offers, float("inf")), x)
+
+    @property
+    def allocated(self) -> int:
+        """Rows of storage per class (at most ``capacity``; empty slots have an infinite key)."""
+        return self.keys.shape[1]
+
+    def grow(self, rows: int) -> None:
+        """Extends the storage to ``rows`` per class (no-op when it already has as many)."""
+        extra = min(rows, self.capacity) - self.allocated
+        if extra <= 0:
+            return
+        self.keys = torch.cat([self.keys, torch.full((self.num_classes, extra), float("inf"), dtype=torch.float64)], 1)
+        self.features = torch.cat(
+            [self.features, torch.zeros(self.num_classes, extra, self.feature_dim, dtype=torch.float64)], 1)
 
     def merge(self, keys: Tensor, features: Tensor) -> None:
-        """Merges other reservoirs' contents (``keys [R, C, cap]``, ``features [R, C, cap, D]``), e.g. from
+        """Merges other reservoirs' contents (``keys [R, C, rows]``, ``features [R, C, rows, D]``), e.g. from
         other processes; the result is the bottom-``capacity`` sample of the union."""
         all_keys = torch.cat([self.keys, *keys.to(self.keys).unbind(0)], dim=1)
         all_feats = torch.cat([self.features, *features.to(self.features).unbind(0)], dim=1)
-        kept = all_keys.topk(self.capacity, dim=1, largest=False).indices
+        kept = all_keys.topk(min(self.capacity, all_keys.shape[1]), dim=1, largest=False).indices
         self.keys = all_keys.gather(1, kept)
         self.features = all_feats.gather(1, kept[..., None].expand(-1, -1, self.feature_dim))
 

@@ -50,3 +50,31 @@ def test_random_directions_have_the_heads_scale(bench):
     rms = deviation.square().mean((1, 2)).sqrt()
     expected = weight.double().square().mean(1).sqrt() * (1 - 1 / k) ** 0.5
     torch.testing.assert_close(rms, expected, rtol=0.03, atol=0)
+
+
+def test_the_benchmark_runs_on_cub_with_its_15_parts(bench, tmp_path):
+    """``--data cub``: collection from the training split, every test image scored, exact heads."""
+    import json
+
+    from tests.data.fake_datasets import make_cub200
+    from tests.helpers import write_classifier_checkpoint
+
+    birds = make_cub200(tmp_path / "cub", num_classes=3, per_class=6)
+    _, ckpt = write_classifier_checkpoint(tmp_path, num_classes=3)
+    out = tmp_path / "cub.json"
+    result = bench.main(["--data", "cub", "--data-root", str(tmp_path / "cub"), "--classifier", str(ckpt),
+                         "--k", "2", "--image-size", "32", "--control-seeds", "2", "--out", str(out)])
+    assert json.loads(out.read_text())["data"] == "cub"
+    assert result["eval_images"] == sum(not b.train for b in birds)
+    assert result["timings"]["train_images"] == sum(b.train for b in birds)
+    heads = {row["head"] for row in result["rows"]}
+    assert {"fitted", "random split (control)", "random directions", "equal split (class map)"} <= heads
+    for row in result["rows"]:
+        assert 0 <= row["consistency"] <= 1 and 0 <= row["stability"] <= 1
+        if row["head"] != "NMF parts alone (not exact)":
+            assert row["logit_max_abs_diff"] < 1e-4 and row["argmax_agreement"] == 1.0
+
+
+def test_cub_needs_its_root(bench):
+    with pytest.raises(ValueError, match="--data-root"):
+        bench.make_data("cub")

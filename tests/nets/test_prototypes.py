@@ -179,3 +179,32 @@ def test_reservoir_refuses_negative_features():
     reservoir = LocationReservoir(2, 3, capacity=10)
     with pytest.raises(ValueError, match="non-negative features"):
         reservoir.add(torch.randn(2, 3, 2, 2), torch.ones(2, 2))
+
+
+def test_reservoir_storage_grows_with_what_is_offered():
+    reservoir = LocationReservoir(200, 8, capacity=16384)
+    assert reservoir.allocated == 0 and reservoir.features.numel() == 0
+    labels = torch.zeros(4, 200)
+    labels[:, 3] = 1
+    reservoir.add(torch.rand(4, 8, 3, 3) + 0.1, labels)  # 36 locations offered to class 3 only
+    assert reservoir.allocated == 36 and reservoir.class_features(3).shape == (36, 8)
+    assert reservoir.class_features(0).shape == (0, 8)
+    for _ in range(3):
+        reservoir.add(torch.rand(4, 8, 3, 3) + 0.1, labels)
+    assert reservoir.allocated == 144 and reservoir.class_features(3).shape == (144, 8)
+    capped = LocationReservoir(2, 8, capacity=50)
+    for _ in range(4):
+        capped.add(torch.rand(4, 8, 3, 3) + 0.1, torch.ones(4, 2))
+    assert capped.allocated == 50 and capped.class_features(1).shape == (50, 8)
+
+
+def test_merging_reservoirs_of_different_sizes_keeps_the_smallest_keys():
+    a, b = LocationReservoir(2, 3, capacity=40, seed=1), LocationReservoir(2, 3, capacity=40, seed=2)
+    a.add(torch.rand(2, 3, 2, 2) + 0.1, torch.ones(2, 2))  # 8 locations per class
+    for _ in range(6):
+        b.add(torch.rand(2, 3, 2, 2) + 0.1, torch.ones(2, 2))  # 48 offered, 40 kept
+    assert a.allocated == 8 and b.allocated == 40
+    expected = torch.cat([a.keys, b.keys], 1).sort(1).values[:, :40]
+    a.merge(b.keys[None], b.features[None])
+    assert a.allocated == 40 and torch.equal(a.keys.sort(1).values, expected)
+    assert a.class_features(0).shape == (40, 3)
