@@ -156,3 +156,29 @@ def test_a_changed_classifier_is_detected(in_tmp):
         load_prototype_classifier(in_tmp / "export")
     with pytest.raises(ValueError, match="not the one these prototypes were fitted to"):
         build_method("prototypes", classifier=FrozenClassifier.from_checkpoint(path), prototypes=in_tmp / "export")
+
+
+def test_fit_on_cub_reports_consistency_with_15_parts(in_tmp, repo):
+    from tests.data.fake_datasets import make_cub200
+
+    make_cub200(in_tmp / "cub", num_classes=3, per_class=6)
+    path = classifier_checkpoint(in_tmp, "tests.helpers:tiny_net", 3)
+    cli = make_cli(["fit", "--config", str(repo / "configs/data/cub.yaml"),
+                    "--config", str(repo / "configs/model/prototypes.yaml"),
+                    "--data.init_args.root", str(in_tmp / "cub"), "--data.init_args.image_size", "32",
+                    "--data.init_args.num_workers", "0", "--data.init_args.val_fraction", "0.3",
+                    "--model.init_args.classifier", str(path), "--model.init_args.num_parts", "15",
+                    "--model.init_args.prototypes_per_class", "2", "--model.init_args.gallery_images_per_class", "0",
+                    "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false",
+                    "--trainer.enable_model_summary", "false"])
+    assert cli.model.hparams.class_names == ["Fake_Bird_0", "Fake_Bird_1", "Fake_Bird_2"]
+    metrics = cli.trainer.callback_metrics
+    assert metrics["val/logit_max_abs_diff"] < 1e-4 and metrics["val/argmax_agreement"] == 1.0
+    assert 0 <= metrics["val/consistency"] <= 1 and 0 <= metrics["val/stability"] <= 1
+    # the default of 3 parts (digit scenes) is refused with the way out
+    with pytest.raises(ValueError, match="set num_parts"):
+        make_cli(["validate", "--config", str(repo / "configs/data/cub.yaml"),
+                  "--config", str(repo / "configs/model/prototypes.yaml"),
+                  "--data.init_args.root", str(in_tmp / "cub"), "--data.init_args.image_size", "32",
+                  "--data.init_args.num_workers", "0", "--model.init_args.classifier", str(path),
+                  "--trainer.enable_progress_bar", "false"])
