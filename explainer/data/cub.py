@@ -164,11 +164,12 @@ class CUB200Dataset(AnnotatedImageDataset):
         super().__init__(transform, skip_corrupt)
         self.annotations = annotations
         self.ids = list(image_ids)
-        missing = [annotations.root / "images" / annotations.paths[i] for i in self.ids[:1000]
+        checked = self.ids[:1000]  # a quick check of an incomplete extraction; every image is read later anyway
+        missing = [annotations.root / "images" / annotations.paths[i] for i in checked
                    if not (annotations.root / "images" / annotations.paths[i]).is_file()]
         if missing:
-            raise DatasetNotFoundError(f"CUB-200-2011 under '{annotations.root}' lacks {len(missing)} image file(s) "
-                                       f"listed in images.txt, e.g. {missing[0]}")
+            raise DatasetNotFoundError(f"CUB-200-2011 under '{annotations.root}' lacks {len(missing)} of the first "
+                                       f"{len(checked)} image files listed in images.txt, e.g. {missing[0]}")
 
     def __len__(self) -> int:
         return len(self.ids)

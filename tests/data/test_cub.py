@@ -98,3 +98,10 @@ def test_malformed_rows_and_missing_annotations_are_errors(tmp_path):
 def test_bad_val_fraction():
     with pytest.raises(ValueError, match="val_fraction"):
         CUB200DataModule(val_fraction=1.0)
+
+
+def test_missing_image_files_are_named(tmp_path):
+    birds = make_cub200(tmp_path, num_classes=2, per_class=2)
+    (tmp_path / "CUB_200_2011" / "images" / birds[0].path).unlink()
+    with pytest.raises(DatasetNotFoundError, match="lacks 1 of the first"):
+        CUB200DataModule(tmp_path, val_fraction=0.0).make_dataset("train")
