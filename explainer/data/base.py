@@ -73,6 +73,25 @@ class ExplainerDataModule(pl.LightningDataModule):
         return denormalize(image, self.mean, self.std)
 
     # -- loaders -----------------------------------------------------------------------------------------
+    # -- splits ------------------------------------------------------------------------------------------
+    STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+    """The splits each Lightning stage needs (an unknown or no stage: all three)."""
+
+    @classmethod
+    def splits_for(cls, stage: str | None) -> tuple[str, ...]:
+        """The splits that ``setup(stage)`` builds."""
+        return cls.STAGE_SPLITS.get(stage, ("train", "val", "test")) if stage else ("train", "val", "test")
+
+    def make_dataset(self, split: str) -> Dataset:
+        """The dataset of ``split``; modules that use the default :meth:`setup` define it."""
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        """Builds the datasets of the stage's splits that are not built yet (with :meth:`make_dataset`)."""
+        for split in self.splits_for(stage):
+            if split not in self.datasets:
+                self.datasets[split] = self.make_dataset(split)
+
     def _dataset(self, split: str) -> Dataset:
         if split not in self.datasets:
             self.setup("fit" if split in ("train", "val") else "test")

@@ -321,9 +321,7 @@ class COCO2014DataModule(ExplainerDataModule):
                                skip_corrupt=self.hparams.skip_corrupt, index=self._index(image_set))
 
     def setup(self, stage: str | None = None) -> None:
-        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
-        splits = [s for s in (wanted.get(stage, ("train", "val", "test")) if stage else ("train", "val", "test"))
-                  if s not in self.datasets]
+        splits = [s for s in self.splits_for(stage) if s not in self.datasets]
         sets = {"train": {"train2014"}, "test": {"val2014"},
                 "val": {"train2014"} if self.hparams.val_fraction > 0 else {"val2014"}}
         self._check_root(sorted(set().union(*(sets[s] for s in splits))) if splits else [])

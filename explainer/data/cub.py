@@ -139,9 +139,11 @@ class CUBAnnotations:
         train = [i for i in self.image_ids if self.is_train[i]]
         held_out: set[int] = set()
         if val_fraction > 0:
+            by_class: dict[int, list[int]] = {c: [] for c in range(len(self.class_names))}
+            for i in train:
+                by_class[self.classes[i]].append(i)
             rng = np.random.default_rng(seed)
-            for c in range(len(self.class_names)):
-                members = [i for i in train if self.classes[i] == c]
+            for members in by_class.values():
                 count = min(len(members) - 1, math.ceil(val_fraction * len(members))) if len(members) > 1 else 0
                 held_out.update(members[j] for j in rng.permutation(len(members))[:count])
         return [i for i in train if (i in held_out) == (split == "val")]
@@ -254,12 +256,6 @@ class CUB200DataModule(ExplainerDataModule):
                                     mean=self.mean, std=self.std)
         ids = self.annotations.split_ids(split, self.hparams.val_fraction, self.hparams.seed)
         return CUB200Dataset(self.annotations, ids, transform, self.hparams.skip_corrupt)
-
-    def setup(self, stage: str | None = None) -> None:
-        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
-        for split in wanted.get(stage, ("train", "val", "test")) if stage else ("train", "val", "test"):
-            if split not in self.datasets:
-                self.datasets[split] = self.make_dataset(split)
 
 
 __all__ = ["CUB200DataModule", "CUB200Dataset", "CUBAnnotations", "CUB_LAYOUT", "resolve_cub_root"]

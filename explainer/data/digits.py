@@ -421,8 +421,7 @@ class DigitScenesDataModule(ExplainerDataModule):
         return DigitScenes(split=split, num_scenes=num_scenes or self._sizes[split], **self._scene_args)
 
     def setup(self, stage: str | None = None) -> None:
-        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
-        for split in wanted.get(stage, SPLITS) if stage else SPLITS:
+        for split in self.splits_for(stage):
             if split not in self.datasets:
                 self.datasets[split] = self.make_split(split)
                 if self.cache:

@@ -349,8 +349,7 @@ class FolderDataModule(ExplainerDataModule):
                              name=f"{self.root} {split}")
 
     def setup(self, stage: str | None = None) -> None:
-        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
-        splits = wanted.get(stage, SPLITS) if stage else SPLITS
+        splits = self.splits_for(stage)
         missing = sorted({f for s, f in self._files().items() if s in splits and not f.is_file()})
         if missing:
             raise DatasetNotFoundError(dataset_error("folder dataset", self.root, missing, FOLDER_LAYOUT,

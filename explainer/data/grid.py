@@ -306,8 +306,7 @@ class GridDataModule(ExplainerDataModule):
                            self._sizes[split], self.grid_size, self.protocol, self.seed, split)
 
     def setup(self, stage: str | None = None) -> None:
-        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
-        for split in wanted.get(stage, ("train", "val", "test")) if stage else ("train", "val", "test"):
+        for split in self.splits_for(stage):
             if split not in self.datasets:
                 self.datasets[split] = self.make_split(split)
 

@@ -261,11 +261,5 @@ class VOC2007DataModule(ExplainerDataModule):
         return VOC2007Dataset(self.root, self.image_sets[split], self.hparams.difficult_as_labels,
                               self.hparams.segmentation, transform, self.hparams.skip_corrupt)
 
-    def setup(self, stage: str | None = None) -> None:
-        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
-        for split in wanted.get(stage, ("train", "val", "test")) if stage else ("train", "val", "test"):
-            if split not in self.datasets:
-                self.datasets[split] = self.make_dataset(split)
-
 
 __all__ = ["VOC2007DataModule", "VOC2007Dataset", "VOC_IMAGE_SETS", "resolve_voc_root"]
