@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
 from rich.console import Console
 from rich.table import Table
 
@@ -80,48 +79,32 @@ DEMO_METHODS: dict[str, dict[str, Any]] = {
     "guided_backprop": {}, "rise": {"num_masks": 1000}, "bbmp": {"iterations": 100},
     "fido": {"iterations": 50, "samples": 2}, "extremal": {"areas": [0.1], "iterations": 100},
 }
+REFERENCES = ("explainer", "centre", "uniform", "oracle")  # evaluated on every test image of the demo
 
 
 def evaluate_quickstart(explainer_dir: Path, datamodule: Any, classifier: Any, out: Path, limit: int,
                         baselines: bool, baseline_limit: int = 32) -> list[dict[str, Any]]:
     """Evaluates the Explainer and the references on ``limit`` test images and the slower baselines on the
     first ``baseline_limit`` of them (without the class-specificity test, which needs every class's map);
-    writes results and pictures."""
-    from rich.progress import Progress
+    writes results and pictures through the same engine as ``evaluate.py``."""
+    import lightning.pytorch as pl
 
-    from explainer.evaluation import (
-        EvaluationSettings,
-        collect_batches,
-        evaluate_method,
-        save_example_grid,
-        write_results,
-    )
-    from explainer.methods import build_method
+    from explainer.evaluation import EvaluationSettings, MethodRun, evaluate_plan
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    classifier = classifier.to(device).eval()
-    batches = collect_batches(datamodule, limit, device)
-    few = collect_batches(datamodule, min(limit, baseline_limit), device)
-    names = {"explainer": {"path": str(explainer_dir)}}
-    names.update(DEMO_METHODS if baselines else {"centre": {}, "uniform": {}})
-    rows, examples = [], {}
     step = datamodule.image_size * 4
     full = EvaluationSettings(limit=limit, insertion_step=step)
     light = EvaluationSettings(limit=baseline_limit, insertion_step=step,
                                metrics=[m for m in full.metrics if m != "class_specificity"])
-    with Progress(console=console) as bar:
-        for name, options in names.items():
-            reference = name in ("explainer", "centre", "uniform", "oracle")
-            data, settings = (batches, full) if reference else (few, light)
-            task = bar.add_task(f"evaluating {name}", total=sum(len(b) for b in data))
-            method = build_method(name, classifier, **options).to(device)
-            method_rows, examples[name] = evaluate_method(
-                name, method, data, classifier, datamodule.num_classes, settings,
-                progress=lambda n, t=task: bar.advance(t, n))
-            rows += method_rows
-    write_results(rows, out)
-    save_example_grid(examples, datamodule, out / "examples.png", datamodule.class_names)
-    return rows
+    names = {"explainer": {"path": str(explainer_dir)}}
+    names.update(DEMO_METHODS if baselines else {"centre": {}, "uniform": {}})
+    plan = [MethodRun(name, name, options, full if name in REFERENCES else light) for name, options in names.items()]
+    trainer = pl.Trainer(accelerator="auto", devices=1, logger=False, enable_checkpointing=False,
+                         enable_model_summary=False, inference_mode=False, use_distributed_sampler=False,
+                         default_root_dir=str(out))
+    settings = {"limit": limit, "baseline_limit": baseline_limit,
+                "insertion_step": step, "targets": "labels", "tie_order": full.tie_order,
+                "saliency_mode": full.saliency_mode}
+    return evaluate_plan(plan, trainer, classifier, datamodule, out, [], settings, console=console).rows
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

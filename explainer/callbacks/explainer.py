@@ -13,6 +13,16 @@ from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MultilabelAccuracy, MultilabelF1Score
 
 from explainer.callbacks.images import denormalize, log_figure
+from explainer.evaluation.suite import (
+    SPECS,
+    EvaluationSettings,
+    StepInputs,
+    SuiteContext,
+    build_suite,
+    ground_truth_source,
+    unit_maps,
+)
+from explainer.methods.base import gather_classes, present_classes
 
 
 def _entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -44,23 +54,17 @@ class ExplainerMetrics(pl.Callback):
         self.ground_truth = ground_truth
         self.metrics: dict[str, nn.ModuleDict] = {}
 
-    def _make(self, num_classes: int, device: torch.device, batch: Any, classifier: nn.Module) -> nn.ModuleDict:
-        from explainer.metrics import PointingGame, SaliencyMetric, SegmentationMetrics
+    VALIDATION_METRICS = ("pointing_game", "segmentation", "box_iou", "saliency")
+    """The metric groups of the suite computed where the batch has ground truth (same names as evaluate.py)."""
 
+    def _make(self, num_classes: int, device: torch.device, batch: Any, classifier: nn.Module) -> nn.ModuleDict:
+        source = ground_truth_source(batch) if self.ground_truth == "auto" else self.ground_truth
         ground_truth: dict[str, nn.Module] = {}
-        source = self.ground_truth
-        if source == "auto":
-            has_masks = getattr(batch, "masks", None) is not None and bool(batch.mask_valid.any())
-            source = "masks" if has_masks else ("boxes" if getattr(batch, "boxes", None) is not None else "none")
-        if source != "none":
-            shorter = int(batch.orig_size.min()) if batch.orig_size is not None else min(batch.image.shape[-2:])
-            tolerance = ({"tolerance": self.pointing_tolerance} if self.pointing_tolerance is not None else
-                         {"tolerance": 15.0} if shorter >= 224 else {"tolerance_relative": 15 / 224})
-            ground_truth["pointing_game"] = PointingGame(num_classes, source=source, **tolerance)
-            ground_truth["segmentation"] = SegmentationMetrics(source=source)
-            if getattr(batch, "boxes", None) is not None:
-                ground_truth["box_segmentation"] = SegmentationMetrics(source="boxes")
-            ground_truth["saliency"] = SaliencyMetric(classifier)
+        if source != "none" and source is not None:
+            settings = EvaluationSettings(metrics=list(self.VALIDATION_METRICS),
+                                          pointing_tolerance=self.pointing_tolerance)
+            context = SuiteContext(classifier, num_classes, source, settings)
+            ground_truth = build_suite(settings.metrics, context, has_boxes=batch.boxes is not None)
         return nn.ModuleDict({
             **ground_truth,
             "classification": MetricCollection({
@@ -83,16 +87,13 @@ class ExplainerMetrics(pl.Callback):
             return
         m = self._stage_metrics(stage, pl_module, batch)
         targets = outputs["targets"]
-        if "pointing_game" in m:
-            from explainer.methods.base import gather_classes, present_classes
-
+        groups = [name for name in SPECS if name in m]
+        if groups:
             classes = present_classes(targets)
             maps = gather_classes(torch.sigmoid(outputs["mask_logits"]), classes)
-            m["pointing_game"].update(maps, batch, classes)
-            m["segmentation"].update(maps, batch, classes)
-            if "box_segmentation" in m:
-                m["box_segmentation"].update(maps, batch, classes)
-            m["saliency"].update(batch.image, maps, classes)
+            inputs = StepInputs(batch.image, maps, unit_maps(maps, unit_range=True), classes, batch, targets)
+            for name in groups:
+                m[name].update(*SPECS[name].arguments(inputs))
         m["classification"].update(torch.sigmoid(outputs["masked_logits"]), targets.long())
         m["target_area"].update(outputs["target_mask"].flatten(1).mean(1))
         m["nontarget_area"].update(outputs["nontarget_mask"].flatten(1).mean(1))
@@ -106,15 +107,11 @@ class ExplainerMetrics(pl.Callback):
         values = {f"{prefix}{k}": v for k, v in m["classification"].compute().items()}
         for name in ("target_area", "nontarget_area", "inverse_entropy"):
             values[f"{prefix}{name}"] = m[name].compute()
-        picks = {"pointing_game": ("accuracy", "hit_rate"), "segmentation": ("c_iou", "d_iou", "c_f1", "mean_f1"),
-                 "box_segmentation": ("c_iou",), "saliency": ("saliency",)}
-        for group, keys in picks.items():
-            if group in m:
-                computed = m[group].compute()
-                for key in keys:
-                    label = "box_c_iou" if group == "box_segmentation" else (
-                        f"pointing_{key}" if group == "pointing_game" else key)
-                    values[f"{prefix}{label}"] = computed[key].float()
+        for name in SPECS:
+            if name in m:
+                computed = m[name].compute()
+                values.update({f"{prefix}{name}.{key}": computed[key].float() for key in SPECS[name].keys
+                               if key in computed and key != "invalid"})
         pl_module.log_dict(values, sync_dist=False)
         for metric in m.values():
             metric.reset()

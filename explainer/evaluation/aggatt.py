@@ -13,8 +13,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import torch
 from torch import Tensor
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
+
+from explainer.callbacks.images import save_figure  # noqa: E402
 
 AGGATT_PERCENTILES = (0.0, 2.0, 5.0, 50.0, 95.0, 98.0, 100.0)
 
@@ -58,13 +65,6 @@ def save_aggatt(bins: Tensor, path: str | Path, grid_size: int, cell: int = 0, t
         scale: the colour scale's top; ``None`` uses the 99.5th percentile of the bins' values.
         percentiles: the bin edges, for the labels.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from explainer.callbacks.images import save_figure
-
     fig, axes = plt.subplots(1, len(bins), figsize=(1.6 * len(bins), 1.9), squeeze=False)
     draw_aggatt_row(axes[0], bins, grid_size, cell, scale, percentiles)
     if title:
@@ -76,8 +76,6 @@ def draw_aggatt_row(axes: Sequence[Any], bins: Tensor, grid_size: int, cell: int
                     percentiles: tuple[float, ...] | None = AGGATT_PERCENTILES) -> None:
     """Draws the bins on a row of matplotlib axes: one colour scale (``scale``, or the 99.5th percentile of the
     bins), the cell grid, the target cell outlined; titles from ``percentiles`` (``None``: no titles)."""
-    from matplotlib.patches import Rectangle
-
     top = max(clip_value(bins) if scale is None else float(scale), 1e-12)
     h, w = bins.shape[-2:]
     r, c = divmod(int(cell), grid_size)
