@@ -23,23 +23,26 @@ Common contract of the map-based metrics
   it in the constructor and keep it out of their ``state_dict``.
 * **Bad maps never crash**: non-finite values are set to 0, the sample is still scored and counted in the
   ``invalid`` key; for the ranking metrics (pointing game, insertion / deletion) a constant map is invalid
-  too (no argmax: a pointing-game miss; no ranking: row-major order). Samples without ground truth are
-  counted in ``skipped``.
+  too (no argmax: a pointing-game miss; no ranking: pixels go in the metric's tie order). Samples without
+  ground truth are counted in ``skipped``.
 
 Metrics (``update`` arguments -> ``compute()`` keys)
 ----------------------------------------------------
 
 * :class:`PointingGame` ``(maps, batch, classes, difficult=None)`` -> accuracy, accuracy_difficult,
-  hit_rate, invalid, skipped; ``update_points(points, batch, classes)`` for point baselines
-  (:func:`centre_points`).
+  hit_rate, invalid, skipped, difficult_unlisted; ``update_points(points, batch, classes)`` for point
+  baselines (:func:`centre_points`); the "difficult" subset from a published list (:class:`DifficultList`)
+  or the coverage rule (:func:`difficult_pairs`), named by ``PointingGame.difficult_source``.
 * :class:`EnergyPointingGame` ``(maps, batch, classes)`` -> energy, energy_class_mean, invalid, skipped.
 * :class:`SegmentationMetrics` ``(maps, batch, classes)`` -> every key of :data:`SEGMENTATION_KEYS`,
   samples, invalid, skipped.
-* :class:`SaliencyMetric` ``(images, maps, classes)`` -> saliency, area, probability, samples, invalid.
+* :class:`SaliencyMetric` ``(images, maps, classes)`` -> saliency, area, probability, samples, invalid
+  (``mode="paper"``: one merged mask per image, softmax; ``"pairs"``: one per image-class pair, sigmoid).
 * :class:`ClassSpecificity` ``(images, masks [B, C, h, w], labels [B, C])`` -> unmasked, own_mask,
   other_present_mask, absent_mask, invalid.
 * :class:`InsertionDeletion` ``(images, maps, classes)`` -> deletion, insertion, samples, invalid;
-  :func:`insertion_deletion_curves` gives the curves for plots.
+  :func:`insertion_deletion_curves` gives the curves for plots (``tie_order="rise"``: tied pixels in
+  RISE's order, ``"raster"``: in row-major order).
 * :class:`LocalisationScore` ``(maps, cells)`` on grid images -> mean, median, q1, q3, samples, invalid
   (keeps the per-sample scores, ``dist_reduce_fx="cat"``).
 """
@@ -53,13 +56,13 @@ from explainer.metrics.causal import (
     trapezoid_auc,
 )
 from explainer.metrics.common import gt_masks, gt_valid, image_sizes
+from explainer.metrics.difficult import DifficultList, difficult_pairs
 from explainer.metrics.localisation import LocalisationScore, localisation_scores
 from explainer.metrics.pointing import (
     EnergyPointingGame,
     PointingGame,
     argmax_points,
     centre_points,
-    difficult_pairs,
 )
 from explainer.metrics.saliency import ClassSpecificity, SaliencyMetric
 from explainer.metrics.segmentation import (
@@ -73,6 +76,7 @@ from explainer.metrics.segmentation import (
 __all__ = [
     "SEGMENTATION_KEYS",
     "ClassSpecificity",
+    "DifficultList",
     "EnergyPointingGame",
     "InsertionDeletion",
     "LocalisationScore",

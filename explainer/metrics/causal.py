@@ -2,8 +2,13 @@
 
 Protocol:
 
-* pixels are ranked by the map (descending; one ranking shared by the three channels; ties keep
-  row-major order);
+* pixels are ranked by the map (descending; one ranking shared by the three channels). Tied pixels
+  follow ``tie_order``: ``"rise"`` (default) takes them as RISE's ``CausalMetric`` does
+  (``evaluation.py``: ``flip(argsort(map))``), i.e. the flipped **stable** ascending argsort: among equal
+  values the last pixel in row-major order comes first; ``"raster"`` takes them in row-major order.
+  (RISE calls NumPy's default ``argsort``, which is not guaranteed stable: for a uniform map it keeps
+  row-major order, so RISE changes the last pixel first as here, but on maps with plateaus of several
+  values its tie order depends on NumPy's sorting routine; ``"rise"`` fixes it to the stable one);
 * every step changes ``step`` more pixels: ``n = ceil(H * W / step)`` steps and ``n + 1`` scores
   (step 0 is the start image, step ``n`` the finish image);
 * **deletion** starts from the image and replaces the top pixels by 0 (the mean colour in normalised
@@ -41,6 +46,17 @@ from explainer.metrics.common import (
 )
 
 MODES = ("deletion", "insertion")
+TIE_ORDERS = ("rise", "raster")
+TieOrder = Literal["rise", "raster"]
+
+
+def check_tie_order(tie_order: str) -> None:
+    """Raises a clear error for an unknown tie order of the pixel ranking."""
+    if tie_order not in TIE_ORDERS:
+        raise ValueError(
+            f"unknown tie_order {tie_order!r}; use one of {TIE_ORDERS}: 'rise' takes tied pixels as RISE's "
+            "flip(argsort(map)) does (last row-major pixel first), 'raster' in row-major order"
+        )
 
 
 def rise_blur_kernel(size: int = 11, sigma: float = 5.0, truncate: float = 4.0) -> Tensor:
@@ -100,10 +116,17 @@ def num_steps(height: int, width: int, step: int) -> int:
     return math.ceil(height * width / step)
 
 
-def _pixel_ranks(maps: Tensor) -> Tensor:
-    """``[N, P]`` rank of every pixel of ``[N, H, W]`` maps (0 = largest value; ties in row-major order)."""
+def _pixel_ranks(maps: Tensor, tie_order: TieOrder = "rise") -> Tensor:
+    """``[N, P]`` rank of every pixel of ``[N, H, W]`` maps (0 = largest value, changed first).
+
+    ``tie_order="rise"``: the order is ``flip(stable_argsort_ascending(map))``, RISE's ranking (ties: the
+    last row-major pixel first); ``"raster"``: a stable descending sort (ties: the first pixel first).
+    """
     flat = maps.flatten(1)
-    order = flat.argsort(dim=1, descending=True, stable=True)
+    if tie_order == "rise":
+        order = flat.argsort(dim=1, stable=True).flip(1)
+    else:
+        order = flat.argsort(dim=1, descending=True, stable=True)
     ranks = torch.empty_like(order)
     ranks.scatter_(1, order, torch.arange(flat.shape[1], device=flat.device).expand_as(order))
     return ranks
@@ -121,6 +144,7 @@ def insertion_deletion_curves(
     chunk_size: int = 64,
     blur_size: int = 11,
     blur_sigma: float = 5.0,
+    tie_order: TieOrder = "rise",
 ) -> dict[str, Tensor]:
     """Deletion and insertion curves (for plots and for :class:`InsertionDeletion`).
 
@@ -136,12 +160,15 @@ def insertion_deletion_curves(
         chunk_size: the largest forward pass.
         blur_size: width of the insertion blur kernel.
         blur_sigma: sigma of the insertion blur.
+        tie_order: order of tied pixels, ``"rise"`` (RISE's ``flip(argsort(map))``: the last row-major
+            pixel first) or ``"raster"`` (row-major order).
 
     Returns:
         ``{mode: [B, K, n + 1] float64}`` probabilities of the class after ``0, step, 2 step, ...`` pixels.
     """
     check_maps(maps, classes)
     check_activation(activation)
+    check_tie_order(tie_order)
     unknown = set(modes) - set(MODES)
     if unknown:
         raise ValueError(f"unknown modes {sorted(unknown)}; use any of {MODES}")
@@ -156,7 +183,7 @@ def insertion_deletion_curves(
     valid = classes >= 0
     image_index = valid.nonzero()[:, 0]
     target = classes[valid]
-    ranks = _pixel_ranks(resize_maps(maps, (height, width))[valid])  # [N, P]
+    ranks = _pixel_ranks(resize_maps(maps, (height, width))[valid], tie_order)  # [N, P]
     changed_counts = (torch.arange(steps + 1, device=device) * step).clamp(max=height * width)
     zero = torch.zeros((), dtype=images.dtype, device=device)
     blurred = rise_blur(images, blur_size, blur_sigma) if "insertion" in modes else None
@@ -186,7 +213,8 @@ class InsertionDeletion(ClassifierMetric):
     """Mean deletion and insertion AUC over image-class pairs (see the module docstring).
 
     Deletion: lower is better; insertion: higher is better. Maps with non-finite values (set to 0) or a
-    single value (no ranking: pixels go in row-major order) are still scored and counted in ``invalid``.
+    single value (no ranking: every pixel is tied, so they go in the tie order; with ``"rise"`` the last
+    pixel first, as RISE does) are still scored and counted in ``invalid``.
 
     Args:
         classifier: the classifier (logits), see :class:`~explainer.metrics.common.ClassifierMetric`.
@@ -196,6 +224,8 @@ class InsertionDeletion(ClassifierMetric):
         modes: which curves to compute.
         blur_size: width of the insertion blur kernel (RISE: 11).
         blur_sigma: sigma of the insertion blur (RISE: 5).
+        tie_order: order of tied pixels in the ranking: ``"rise"`` (default; RISE's
+            ``flip(argsort(map))``, the last row-major pixel of a tie first) or ``"raster"`` (row-major).
         **kwargs: passed to :class:`torchmetrics.Metric`.
 
     Example:
@@ -216,9 +246,11 @@ class InsertionDeletion(ClassifierMetric):
         modes: tuple[str, ...] = MODES,
         blur_size: int = 11,
         blur_sigma: float = 5.0,
+        tie_order: TieOrder = "rise",
         **kwargs: Any,
     ) -> None:
         super().__init__(classifier, activation, chunk_size, **kwargs)
+        check_tie_order(tie_order)
         unknown = set(modes) - set(MODES)
         if unknown or not modes:
             raise ValueError(f"modes must be a non-empty subset of {MODES}, got {modes}")
@@ -228,6 +260,7 @@ class InsertionDeletion(ClassifierMetric):
         self.modes = tuple(modes)
         self.blur_size = blur_size
         self.blur_sigma = blur_sigma
+        self.tie_order = tie_order
         for mode in MODES:
             self.add_state(f"{mode}_sum", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
@@ -243,7 +276,7 @@ class InsertionDeletion(ClassifierMetric):
         """
         curves = insertion_deletion_curves(
             self.classifier, images, maps, classes, self.step, self.modes, self.activation, self.chunk_size,
-            self.blur_size, self.blur_sigma,
+            self.blur_size, self.blur_sigma, self.tie_order,
         )
         valid = classes.to(images.device) >= 0
         clean, nonfinite = sanitize_maps(maps.to(images.device))

@@ -5,20 +5,25 @@ Protocol (Zhang et al.'s pointing game as benchmarked by TorchRay, VOC07 test / 
 * the point is the argmax of the map resized bilinearly to the **original** image size
   (``batch.orig_size``; the batch image size where unknown); ties go to the first pixel in row-major order
   (ties of the resized map are exact only up to float rounding, as in any implementation);
-* a point hits when a disc of radius ``tolerance`` around it touches the ground truth, strictly:
-  some ground-truth pixel ``q`` has ``|p - q|^2 < tolerance^2`` (15 px by default);
+* a point hits when a disc of radius ``r`` around it touches the ground truth, strictly: some
+  ground-truth pixel ``q`` has ``|p - q|^2 < r^2``. By default ``r`` is chosen **per image**: TorchRay's
+  15 px when the image's original shorter side is at least 224 px, else ``15 / 224`` of that shorter side
+  (64 px digit scenes: 4.3 px); ``tolerance`` fixes it, ``tolerance_relative`` scales it with every image;
 * ground truth: ``source="boxes"`` uses the union of all the class's boxes (difficult ones included),
   scaled from the batch image back to the original size, which inverts a plain resize exactly (the
   transform the paper uses; a crop or padding cannot be inverted from the batch); a class whose boxes are
   all "difficult" is skipped. ``source="masks"`` uses the class masks of the batch, resized to the
   original size by nearest neighbour (COCO instance masks, digit scenes); an empty mask is skipped;
 * accuracy = mean over classes of ``hits / (hits + misses)``; the "difficult" subset repeats it on the
-  image-class pairs whose ground truth covers less than ``difficult_coverage`` (1/4) of the image while
-  another class is present (the rule behind the excitation-backprop authors' list).
+  image-class pairs of a published list (``difficult_list``, TorchRay's file format, see
+  :mod:`explainer.metrics.difficult`) or, by default, on the pairs whose ground truth covers less than
+  ``difficult_coverage`` (1/4) of the image while another class is present (the rule behind the
+  excitation-backprop authors' list).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -40,6 +45,12 @@ from explainer.metrics.common import (
     resize_maps_each,
     sanitize_maps,
 )
+from explainer.metrics.difficult import DifficultList, difficult_pairs
+
+TORCHRAY_TOLERANCE = 15.0
+"""TorchRay's hit radius in pixels, meant for images whose shorter side is at least 224 px."""
+TORCHRAY_SIZE = 224
+"""The image size TorchRay's 15 px belong to; smaller images get ``15 / 224`` of their shorter side."""
 
 
 def argmax_points(maps: Tensor, sizes: Tensor) -> Tensor:
@@ -70,17 +81,6 @@ def centre_points(sizes: Tensor, num: int = 1) -> Tensor:
         ``[B, num, 2]`` long ``(y, x)`` points, for :meth:`PointingGame.update_points`.
     """
     return (sizes.to(torch.long) // 2).unsqueeze(1).expand(-1, num, 2).clone()
-
-
-def difficult_pairs(batch: Batch, classes: Tensor, source: GroundTruth = "boxes", coverage: float = 0.25) -> Tensor:
-    """``[B, K]`` bool: the class's ground truth covers less than ``coverage`` of the image and another
-    class is present (``batch.labels``). Coverage is measured at the batch image size, which a plain
-    resize preserves.
-    """
-    gt = gt_masks(batch, classes, source)
-    small = gt.flatten(2).float().mean(-1) < coverage
-    others = ((batch.labels > 0.5).sum(1) >= 2).to(small.device).unsqueeze(1)
-    return small & others & (classes.to(small.device) >= 0)
 
 
 def _nearest_source(in_size: int, out_sizes: Tensor, coords: Tensor) -> Tensor:
@@ -138,18 +138,35 @@ class PointingGame(Metric):
     """Pointing-game accuracy with per-class hit and miss counts (sum-reduced, DDP-safe).
 
     See the module docstring for the protocol. Maps that contain non-finite values (replaced by 0) or are
-    constant have no meaningful maximum: they count as misses and in ``invalid``.
+    constant have no meaningful maximum: they count as misses and in ``invalid`` (TorchRay's argmax would
+    take pixel 0 of a constant map, which may hit).
+
+    Hit radius ``r`` of an image whose original shorter side is ``s`` (pixels of the original image):
+
+    * default (``tolerance=None``, ``tolerance_relative=None``): ``r = 15`` if ``s >= 224``, else
+      ``r = 15 * s / 224``, decided for every image on its own;
+    * ``tolerance=t``: ``r = t`` for every image (TorchRay's ``PointingGame(tolerance=15)``);
+    * ``tolerance_relative=f``: ``r = f * s`` for every image.
 
     Args:
         num_classes: number of classes ``C`` of the data set.
         source: ground truth, ``"boxes"`` (VOC) or ``"masks"`` (COCO, digit scenes).
-        tolerance: hit radius in original-image pixels (TorchRay: 15).
+        tolerance: a fixed hit radius in original-image pixels; ``None`` (default) chooses it per image as
+            above.
         tolerance_relative: if set, the radius is this fraction of each original image's shorter side
-            instead (``15 / 224`` reproduces 15 px at 224 px and scales it for small images such as
-            64 px digit scenes: 4.3 px).
+            instead (``15 / 224`` reproduces 15 px at 224 px and scales it for every size); give at most
+            one of ``tolerance`` and ``tolerance_relative``.
         skip_difficult: with boxes, skip a class whose boxes are all flagged "difficult".
-        difficult_coverage: coverage threshold of the "difficult" subset; ``None`` disables the subset.
+        difficult_coverage: coverage threshold of the "difficult" subset's rule (:func:`difficult_pairs`);
+            ``None`` disables the rule. Ignored when ``difficult_list`` is given.
+        difficult_list: a published per-image list of difficult pairs (a text file in TorchRay's format,
+            see :mod:`explainer.metrics.difficult`), matched by ``batch.ids``; read once, here.
         **kwargs: passed to :class:`torchmetrics.Metric` (e.g. ``sync_on_compute``).
+
+    Raises:
+        FileNotFoundError: ``difficult_list`` does not exist.
+        ValueError: a malformed ``difficult_list`` (file, line number and expected format in the message),
+            a negative radius, or both radius options given.
 
     Example:
         >>> metric = PointingGame(num_classes=20)
@@ -166,44 +183,71 @@ class PointingGame(Metric):
         self,
         num_classes: int,
         source: GroundTruth = "boxes",
-        tolerance: float = 15.0,
+        tolerance: float | None = None,
         tolerance_relative: float | None = None,
         skip_difficult: bool = True,
         difficult_coverage: float | None = 0.25,
+        difficult_list: str | Path | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         check_source(source)
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        if tolerance < 0 or (tolerance_relative is not None and tolerance_relative < 0):
+        if tolerance is not None and tolerance_relative is not None:
+            raise ValueError(
+                f"give at most one of tolerance ({tolerance}) and tolerance_relative ({tolerance_relative}); "
+                "with neither, the radius is 15 px for images of 224 px and more, 15/224 of the shorter side below"
+            )
+        if (tolerance is not None and tolerance < 0) or (tolerance_relative is not None and tolerance_relative < 0):
             raise ValueError("tolerance and tolerance_relative must be non-negative")
         self.num_classes = num_classes
         self.source = source
-        self.tolerance = float(tolerance)
+        self.tolerance = None if tolerance is None else float(tolerance)
         self.tolerance_relative = tolerance_relative
         self.skip_difficult = skip_difficult
         self.difficult_coverage = difficult_coverage
+        self._difficult_list = DifficultList(difficult_list, num_classes) if difficult_list is not None else None
+        if self._difficult_list is not None:  # moves with the metric, stays out of its state_dict
+            self.register_buffer("_difficult_table", self._difficult_list.table, persistent=False)
         for name in ("hits", "misses", "hits_difficult", "misses_difficult"):
             self.add_state(name, torch.zeros(num_classes, dtype=torch.long), dist_reduce_fx="sum")
-        self.add_state("invalid", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
-        self.add_state("skipped", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
+        for name in ("invalid", "skipped", "difficult_unlisted"):
+            self.add_state(name, torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
+
+    @property
+    def difficult_source(self) -> str:
+        """Where the "difficult" subset comes from: ``"list:<file name>"``, ``"coverage"`` (the rule of
+        :func:`difficult_pairs`) or ``"none"`` (no subset). Flags passed to :meth:`update` override it."""
+        if self._difficult_list is not None:
+            return self._difficult_list.source
+        return "coverage" if self.difficult_coverage is not None else "none"
 
     def radius(self, sizes: Tensor) -> Tensor:
-        """``[B]`` hit radius of each image (pixels of the original image)."""
-        if self.tolerance_relative is None:
-            return torch.full((sizes.shape[0],), self.tolerance, dtype=torch.float64, device=sizes.device)
-        return self.tolerance_relative * sizes.min(1).values.to(torch.float64)
+        """Hit radius of each image (see the class docstring).
+
+        Args:
+            sizes: ``[B, 2]`` ``(H, W)`` original image sizes.
+
+        Returns:
+            ``[B]`` float64 radius in pixels of the original image.
+        """
+        shorter = sizes.min(1).values.to(torch.float64)
+        if self.tolerance_relative is not None:
+            return self.tolerance_relative * shorter
+        if self.tolerance is not None:
+            return torch.full_like(shorter, self.tolerance)
+        return torch.where(shorter >= TORCHRAY_SIZE, TORCHRAY_TOLERANCE, shorter * (TORCHRAY_TOLERANCE / TORCHRAY_SIZE))
 
     def update(self, maps: Tensor, batch: Batch, classes: Tensor, difficult: Tensor | None = None) -> None:
         """Scores one batch.
 
         Args:
             maps: ``[B, K, h, w]`` maps for ``classes`` (any resolution).
-            batch: the batch the maps explain (ground truth, original sizes).
+            batch: the batch the maps explain (ground truth, original sizes, ids for a difficult list).
             classes: ``[B, K]`` class indices (``-1`` = padding, ignored).
-            difficult: optional ``[B, K]`` bool flags of the "difficult" subset (e.g. a published list);
-                computed by :func:`difficult_pairs` when omitted.
+            difficult: optional ``[B, K]`` bool flags of the "difficult" subset; when omitted they come from
+                ``difficult_list`` or the coverage rule (:attr:`difficult_source`).
         """
         check_maps(maps, classes)
         maps, nonfinite = sanitize_maps(maps)
@@ -225,7 +269,7 @@ class PointingGame(Metric):
             points: ``[B, K, 2]`` ``(y, x)`` points in original-image pixels.
             batch: the batch (ground truth, original sizes).
             classes: ``[B, K]`` class indices (``-1`` = padding, ignored).
-            difficult: optional ``[B, K]`` flags of the "difficult" subset.
+            difficult: optional ``[B, K]`` flags of the "difficult" subset (see :meth:`update`).
             invalid: optional ``[B, K]`` bool: pairs without a valid point (scored as misses).
         """
         device = batch.image.device
@@ -251,7 +295,11 @@ class PointingGame(Metric):
         self.skipped += ((classes >= 0) & ~eligible).sum().to(self.skipped.device)
         _add_per_class(self.hits, classes, eligible & hit)
         _add_per_class(self.misses, classes, eligible & ~hit)
-        if difficult is None and self.difficult_coverage is not None:
+        if difficult is None and self._difficult_list is not None:
+            table = self._difficult_table.to(device)
+            difficult, unlisted = self._difficult_list.lookup(batch.ids, classes, table)
+            self.difficult_unlisted += (eligible & unlisted.unsqueeze(1)).sum().to(self.difficult_unlisted.device)
+        elif difficult is None and self.difficult_coverage is not None:
             difficult = difficult_pairs(batch, classes, self.source, self.difficult_coverage)
         if difficult is not None:
             hard = eligible & difficult.to(device)
@@ -296,7 +344,9 @@ class PointingGame(Metric):
 
     def compute(self) -> dict[str, Tensor]:
         """Returns ``accuracy`` (mean over classes), ``accuracy_difficult`` (NaN without the subset),
-        ``hit_rate`` (hits over all scored pairs), ``invalid`` and ``skipped`` (pair counts)."""
+        ``hit_rate`` (hits over all scored pairs), ``invalid``, ``skipped`` and ``difficult_unlisted``
+        (pair counts; the last: scored pairs of images that ``difficult_list`` does not name, which count in
+        the subset as in TorchRay)."""
         total = (self.hits + self.misses).sum().double()
         return {
             "accuracy": self._class_mean(self.hits, self.misses),
@@ -304,6 +354,7 @@ class PointingGame(Metric):
             "hit_rate": self.hits.sum().double() / total if total > 0 else torch.full_like(total, float("nan")),
             "invalid": self.invalid.double(),
             "skipped": self.skipped.double(),
+            "difficult_unlisted": self.difficult_unlisted.double(),
         }
 
 

@@ -21,28 +21,46 @@ from explainer.metrics.common import (
 )
 
 
+SALIENCY_MODES = ("paper", "pairs")
+SaliencyMode = Literal["paper", "pairs"]
+_MODE_ACTIVATION = {"paper": "softmax", "pairs": "sigmoid"}
+
+
 class SaliencyMetric(ClassifierMetric):
-    """Saliency metric of Dabkowski & Gal (2017): ``log(max(mean(M), a)) - log(p_c(M * x))``, lower is better.
+    """Saliency metric of Dabkowski & Gal (2017): ``s = log(max(a, a_min)) - log(p)``, lower is better.
 
-    It rewards small masks (area floored at ``a = 0.05``) that keep the classifier's confidence in class
-    ``c``. The original used softmax probabilities; for multi-label classifiers this metric uses the
-    **sigmoid** probability of ``c`` (``activation="sigmoid"``, the default), as the Explainer paper's
-    multi-label setting requires; ``activation="softmax"`` reproduces the single-label form.
+    ``a = mean(M)`` is the area of a mask ``M`` in [0, 1] (floored at ``a_min = area_floor``, 0.05), ``p``
+    the classifier's confidence in the explained class(es) on the masked image ``M * x``. It rewards small
+    masks that keep the classifier confident. The two settings:
 
-    * ``mode="pairs"``: one sample per image-class pair, ``M`` the map of that class.
-    * ``mode="merged"``: one sample per image, ``M`` the pixel-wise max of its classes' maps; ``p`` is the
-      mean sigmoid probability of those classes (``softmax``: their summed probability, as the original).
+    * ``mode="paper"`` (default), the Explainer paper's evaluation (NN-Explainer,
+      ``src/evaluation/eval_utils/compute_scores.py``, ``gen_evaluation`` and ``compute_numbers``, with
+      ``saliency`` of ``src/evaluation/eval_utils/assessment_metrics.py``): **one sample per image**. The
+      image's maps of its asked classes ``S`` are merged by the pixel-wise max,
+      ``M = max_{c in S} M_c`` (``compute_masks.py``, ``merge_mask``; the Explainer's own test mask is
+      ``sigmoid(max_c S_c)``, the same thing), and ``p = sum_{c in S} softmax(f(M * x))_c``: the **softmax**
+      probabilities of the classes summed. ``activation="sigmoid"`` keeps the merged mask but takes
+      ``p = mean_{c in S} sigmoid(f(M * x))_c`` instead (a multi-label variant, not the paper's).
+    * ``mode="pairs"``: **one sample per image-class pair** ``(b, c)``, ``M = M_c`` and
+      ``p = sigmoid(f(M_c * x))_c`` (``activation="softmax"``: ``softmax(...)_c``).
 
-    Maps are resized bilinearly to the image size and must lie in [0, 1]; maps with non-finite values are
-    scored with those values set to 0 and counted in ``invalid``.
+    The mean of ``s`` over the samples is ``saliency``. Log-probabilities are computed stably
+    (``log p = logsumexp_{c in S} z_c - logsumexp_c z_c`` for the summed softmax). Maps are resized
+    bilinearly to the image size and must lie in [0, 1]; maps with non-finite values are scored with those
+    values set to 0 and counted in ``invalid`` (the reference zeroes the whole mask instead).
 
     Args:
         classifier: the classifier (logits), see :class:`~explainer.metrics.common.ClassifierMetric`.
-        activation: ``"sigmoid"`` or ``"softmax"``.
-        area_floor: the floor ``a`` of the mask area.
-        mode: ``"pairs"`` or ``"merged"``.
+        activation: ``"softmax"`` or ``"sigmoid"``; ``None`` (default) takes the mode's own: softmax for
+            ``"paper"``, sigmoid for ``"pairs"``.
+        area_floor: the floor ``a_min`` of the mask area.
+        mode: ``"paper"`` (one merged mask per image) or ``"pairs"`` (one mask per image-class pair).
         chunk_size: the largest forward pass.
         **kwargs: passed to :class:`torchmetrics.Metric`.
+
+    Example:
+        >>> metric = SaliencyMetric(classifier)                        # the paper's setting
+        >>> metric(images, masks, present_classes(labels))["saliency"]  # this batch's value
     """
 
     higher_is_better = False
@@ -50,15 +68,19 @@ class SaliencyMetric(ClassifierMetric):
     def __init__(
         self,
         classifier: nn.Module,
-        activation: Literal["sigmoid", "softmax"] = "sigmoid",
+        activation: Literal["sigmoid", "softmax"] | None = None,
         area_floor: float = 0.05,
-        mode: Literal["pairs", "merged"] = "pairs",
+        mode: SaliencyMode = "paper",
         chunk_size: int = 64,
         **kwargs: Any,
     ) -> None:
-        super().__init__(classifier, activation, chunk_size, **kwargs)
-        if mode not in ("pairs", "merged"):
-            raise ValueError(f"unknown mode '{mode}'; use 'pairs' or 'merged'")
+        if mode not in SALIENCY_MODES:
+            raise ValueError(
+                f"unknown saliency mode {mode!r}; use one of {SALIENCY_MODES}: 'paper' scores one mask per "
+                "image (the max over its classes' masks) with the summed softmax probability of those classes "
+                "(the Explainer paper), 'pairs' one mask per image-class pair with that class's sigmoid probability"
+            )
+        super().__init__(classifier, _MODE_ACTIVATION[mode] if activation is None else activation, chunk_size, **kwargs)
         if not area_floor > 0:
             raise ValueError(f"area_floor must be > 0, got {area_floor}")
         self.area_floor = area_floor
@@ -74,18 +96,19 @@ class SaliencyMetric(ClassifierMetric):
         Args:
             images: ``[B, 3, H, W]`` normalised images.
             maps: ``[B, K, h, w]`` masks in [0, 1] for ``classes``.
-            classes: ``[B, K]`` class indices (``-1`` = padding, ignored).
+            classes: ``[B, K]`` class indices (``-1`` = padding, ignored; an image without any is skipped).
         """
         check_maps(maps, classes)
         classes = classes.to(images.device)
         masks, nonfinite = maps_to_unit_range(maps.to(images.device), tuple(images.shape[-2:]))
         valid = classes >= 0
-        if self.mode == "merged":
-            masks = (masks * valid.view(*valid.shape, 1, 1)).amax(1, keepdim=True)[valid.any(1)]
-            nonfinite = (nonfinite & valid).any(1)[valid.any(1)]
-            image_index = valid.any(1).nonzero().squeeze(1)
+        if self.mode == "paper":
+            scored = valid.any(1)
+            masks = (masks * valid.view(*valid.shape, 1, 1)).amax(1, keepdim=True)[scored]
+            nonfinite = (nonfinite & valid).any(1)[scored]
+            image_index = scored.nonzero().squeeze(1)
             targets = valid[image_index]  # [n, K] which asked classes count
-            target_classes = classes[image_index]
+            target_classes = classes[image_index].clamp(min=0)
         else:
             masks = masks[valid].unsqueeze(1)
             nonfinite = nonfinite[valid]
@@ -96,14 +119,7 @@ class SaliencyMetric(ClassifierMetric):
             self.classifier, lambda i: images[image_index[i]] * masks[i], len(image_index), self.chunk_size,
             images.device,
         ).double()
-        if self.mode == "pairs":
-            log_p = class_log_probabilities(logits, self.activation).gather(1, target_classes).squeeze(1)
-        else:
-            probs = class_probabilities(logits, self.activation).gather(1, target_classes.clamp(min=0))
-            probs = (probs * targets).sum(1)
-            if self.activation == "sigmoid":
-                probs = probs / targets.sum(1)
-            log_p = probs.clamp(min=torch.finfo(probs.dtype).tiny).log()
+        log_p = _log_target_probability(logits, target_classes, targets, self.activation)
         area = masks.flatten(1).double().mean(1)
         saliency = area.clamp(min=self.area_floor).log() - log_p
         self.saliency_sum += saliency.sum().to(self.saliency_sum.device)
@@ -123,6 +139,23 @@ class SaliencyMetric(ClassifierMetric):
             "samples": count,
             "invalid": self.invalid.double(),
         }
+
+
+def _log_target_probability(logits: Tensor, classes: Tensor, targets: Tensor, activation: str) -> Tensor:
+    """``[n]`` log of the summed softmax (or mean sigmoid) probability of the selected classes.
+
+    Args:
+        logits: ``[n, C]`` logits of the masked images.
+        classes: ``[n, K]`` class indices (entries where ``targets`` is False are ignored).
+        targets: ``[n, K]`` bool, which entries count (at least one per row).
+        activation: ``"softmax"``: ``log sum_k p_k``; ``"sigmoid"``: ``log mean_k sigmoid(z_k)``.
+    """
+    log_probs = class_log_probabilities(logits, activation).gather(1, classes)
+    log_probs = log_probs.masked_fill(~targets, float("-inf"))
+    log_p = torch.logsumexp(log_probs, dim=1)
+    if activation == "sigmoid":
+        log_p = log_p - targets.sum(1).double().log()
+    return log_p
 
 
 class ClassSpecificity(ClassifierMetric):

@@ -1,20 +1,32 @@
-"""evaluate.py: every method by every metric, the files it writes, --resume and bad input."""
+"""evaluate.py: every method by every metric, the files it writes, --resume, streaming and bad input."""
 
 from __future__ import annotations
 
 import json
 
+import lightning.pytorch as pl
 import pytest
 import torch
 
-from explainer.evaluate_cli import main, parse_methods
-from explainer.evaluation import EvaluationSettings, collect_batches, evaluate_method, parse_metrics
+from explainer.callbacks import ExplainerMetrics
+from explainer.classifiers import FrozenClassifier
+from explainer.data.digits import DigitScenesDataModule
+from explainer.evaluation import AttributionEvaluation, EvaluationSettings, ShardedBatches, parse_metrics
+from explainer.evaluation.cli import main
+from explainer.evaluation.plan import parse_methods
 from explainer.export import export_explainer
 from explainer.methods import AttributionMethod, build_method
 from explainer.modules import ExplainerModule
 from tests.helpers import write_classifier_checkpoint
 
 DATA_ARGS = ["--data-arg", "image_size=32", "--data-arg", "test_scenes=12", "--data-arg", "batch_size=6"]
+QUIET = ["--trainer.enable_progress_bar", "false"]
+
+
+def _trainer(tmp_path, **kw) -> pl.Trainer:
+    return pl.Trainer(**{"logger": False, "enable_progress_bar": False, "enable_model_summary": False,
+                         "enable_checkpointing": False, "inference_mode": False, "use_distributed_sampler": False,
+                         "default_root_dir": str(tmp_path), **kw})
 
 
 @pytest.fixture
@@ -28,8 +40,8 @@ def setup(tmp_path, repo):
 def test_every_method_by_every_metric_and_resume(setup, tmp_path):
     ckpt, export, data = setup
     out = tmp_path / "results"
-    args = ["--data", str(data), *DATA_ARGS, "--classifier", str(ckpt), "--out", str(out),
-            "--methods", f"explainer={export},centre,uniform,gradcam", "--metrics", "all", "--insertion-step", "64"]
+    args = ["--data", str(data), *DATA_ARGS, "--classifier", str(ckpt), "--out", str(out), *QUIET,
+            "--metrics", "all", "--insertion-step", "64", "--methods", f"explainer={export},centre,uniform,gradcam"]
     rows = main(args)
     methods = {r["method"] for r in rows}
     assert methods == {"explainer", "centre", "uniform", "gradcam"}
@@ -40,24 +52,80 @@ def test_every_method_by_every_metric_and_resume(setup, tmp_path):
         assert key in metrics
     assert all(set(r) == {"method", "metric", "value", "n", "stderr", "targets"} for r in rows)
     assert all(r["targets"] == "labels" for r in rows)
+    assert [r["n"] for r in rows if r["metric"] == "seconds_per_image"] == [12] * 4
     assert json.loads((out / "results.json").read_text()) == rows
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["tie_order"] == "rise" and settings["saliency_mode"] == "paper"
+    assert settings["difficult"] == "coverage rule"
     table = (out / "results.md").read_text()
-    assert "| explainer |" in table and "| gradcam |" in table
+    assert "| explainer |" in table and "| gradcam |" in table and "saliency_mode: paper" in table
     assert (out / "examples.png").is_file() and (out / "curves.png").is_file()
-    # a uniform map hits only by chance, the oracle-like centre is not perfect: values are sane probabilities
     value = {(r["method"], r["metric"]): r["value"] for r in rows}
     assert 0 <= value[("uniform", "pointing_game.accuracy")] <= 1
-    with pytest.raises(FileExistsError):
+    # the default logger (CSV here, wandb offline outside the tests) got every row
+    logged = (out / "logs" / "version_0" / "metrics.csv").read_text()
+    assert "eval/gradcam/pointing_game.accuracy" in logged
+    with pytest.raises(FileExistsError, match="--resume"):
         main(args)
     before = (out / "results.json").read_text()
-    rows2 = main([*args[:-6], "--methods", f"explainer={export},centre,uniform,gradcam,gradient", "--metrics",
-                  "all", "--insertion-step", "64", "--resume"])
+    rows2 = main([*args[:-1], f"explainer={export},centre,uniform,gradcam,gradient", "--resume"])
     assert {r["method"] for r in rows2} == methods | {"gradient"}
-    kept = [r for r in rows2 if r["method"] != "gradient"]
-    assert kept == json.loads(before)
+    assert [r for r in rows2 if r["method"] != "gradient"] == json.loads(before)
 
 
-def test_unknown_method_and_metric_list_the_valid_ones():
+def test_resume_refuses_other_settings_and_a_truncated_file(setup, tmp_path):
+    ckpt, _, data = setup
+    out = tmp_path / "results"
+    args = ["--data", str(data), *DATA_ARGS, "--classifier", str(ckpt), "--out", str(out), *QUIET,
+            "--metrics", "pointing_game", "--methods", "centre"]
+    main(args)
+    with pytest.raises(FileExistsError, match="other settings.*limit"):
+        main([*args, "--methods", "centre,uniform", "--resume", "--limit", "6"])
+    with pytest.raises(FileExistsError, match="other settings.*targets"):
+        main([*args, "--resume", "--targets", "predictions"])
+    (tmp_path / "other").mkdir()
+    _, other = write_classifier_checkpoint(tmp_path / "other", seed=1)
+    with pytest.raises(FileExistsError, match="other settings.*classifier"):
+        main([*[a if a != str(ckpt) else str(other) for a in args], "--resume"])
+    rows = main([*args, "--limit", "6", "--overwrite"])  # --overwrite starts afresh under the new settings
+    assert json.loads((out / "settings.json").read_text())["limit"] == 6
+    assert [r["n"] for r in rows if r["metric"] == "seconds_per_image"] == [6]
+    (out / "results.json").write_text((out / "results.json").read_text()[:40])  # a killed plain write
+    with pytest.raises(ValueError, match="results.json is not valid JSON"):
+        main([*args, "--limit", "6", "--resume"])
+
+
+class _Broken(AttributionMethod):
+    """Fails on its second batch, as a run stopped in the middle of a method."""
+
+    calls = 0
+
+    def attribute(self, images, classes, **kwargs):
+        _Broken.calls += 1
+        if _Broken.calls == 2:
+            raise RuntimeError("stopped in the middle")
+        return torch.rand(*classes.shape, *images.shape[-2:])
+
+
+def test_a_run_stopped_in_a_method_keeps_the_finished_methods(setup, tmp_path, monkeypatch):
+    from explainer.methods import base
+
+    ckpt, _, data = setup
+    monkeypatch.setitem(base._REGISTRY, "broken", lambda classifier=None, **kw: _Broken(classifier))
+    out = tmp_path / "results"
+    args = ["--data", str(data), *DATA_ARGS, "--classifier", str(ckpt), "--out", str(out), *QUIET,
+            "--metrics", "pointing_game", "--methods", "centre,broken,uniform"]
+    with pytest.raises(RuntimeError, match="stopped in the middle"):
+        main(args)
+    kept = json.loads((out / "results.json").read_text())
+    assert "centre" in {r["method"] for r in kept}
+    rows = main([*args, "--resume"])
+    assert {r["method"] for r in rows} >= {"centre", "uniform"}
+    assert [r for r in rows if r["method"] == "centre"] == [r for r in kept if r["method"] == "centre"]
+
+
+def test_unknown_method_metric_and_bad_data_list_the_valid_ones(setup, tmp_path):
+    ckpt, _, data = setup
     with pytest.raises(ValueError, match="valid methods:.*rise"):
         parse_methods("rise,nonsense", [])
     with pytest.raises(ValueError, match="valid metrics: all, pointing_game"):
@@ -65,6 +133,16 @@ def test_unknown_method_and_metric_list_the_valid_ones():
     with pytest.raises(ValueError, match="<method>.<option>"):
         parse_methods("rise", ["gradcam.layer=x"])
     assert parse_methods("rise", ["rise.num_masks=100"]) == {"rise": {"num_masks": 100}}
+    base = ["--data", str(data), "--classifier", str(ckpt), "--out", str(tmp_path / "x"), "--methods", "centre"]
+    with pytest.raises(SystemExit):
+        main([*base[:-1], "nonsense"])
+    with pytest.raises(ValueError, match="--trainer"):
+        main([*base, "--not-an-option", "1"])
+    hostile = tmp_path / "hostile.yaml"
+    hostile.write_text("data:\n  class_path: subprocess.run\n  init_args: {args: 'touch pwned', shell: true}\n")
+    with pytest.raises((SystemExit, ValueError)):
+        main([*base[:2], "--data", str(hostile), *base[4:]])
+    assert not (tmp_path / "pwned").exists() and not (tmp_path / "x" / "results.json").exists()
 
 
 class _NaNMethod(AttributionMethod):
@@ -75,30 +153,63 @@ class _NaNMethod(AttributionMethod):
         return maps
 
 
-def test_nan_and_constant_maps_are_counted_not_fatal(setup):
+def test_nan_and_constant_maps_are_counted_not_fatal(setup, tmp_path):
     ckpt, _, _ = setup
-    from explainer.classifiers import FrozenClassifier
-    from explainer.data.digits import DigitScenesDataModule
-
     classifier = FrozenClassifier.from_checkpoint(ckpt)
     dm = DigitScenesDataModule(image_size=32, test_scenes=6, batch_size=6)
-    batches = collect_batches(dm, None, torch.device("cpu"))
     settings = EvaluationSettings(metrics=["pointing_game", "insertion_deletion"], insertion_step=64)
-    rows, _ = evaluate_method("nan", _NaNMethod(), batches, classifier, 10, settings)
-    value = {r["metric"]: r["value"] for r in rows}
-    pairs = int((batches[0].labels[:2] > 0).sum())
+    module = AttributionEvaluation("nan", _NaNMethod(), classifier, dm, settings)
+    _trainer(tmp_path).test(module, verbose=False)
+    value = {r["metric"]: r["value"] for r in module.rows}
+    first = next(iter(dm.test_dataloader()))
+    pairs = int((first.labels[:2] > 0).sum())
     assert value["pointing_game.invalid"] >= pairs
     assert value["insertion_deletion.invalid"] >= pairs
-    assert all(r["value"] == r["value"] for r in rows if not r["metric"].endswith("stderr"))  # no NaN values
+    assert all(r["value"] == r["value"] for r in module.rows)  # no NaN values
 
 
-def test_limit_truncates_the_test_split():
-    from explainer.data.digits import DigitScenesDataModule
+def test_batches_are_dealt_round_robin_without_padding():
+    assert list(ShardedBatches(10, 4)) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    shards = [list(ShardedBatches(10, 4, rank, 2)) for rank in range(2)]
+    assert shards == [[[0, 1, 2, 3], [8, 9]], [[4, 5, 6, 7]]]
+    assert [len(ShardedBatches(10, 4, rank, 4)) for rank in range(4)] == [1, 1, 1, 0]
+    every = sorted(i for rank in range(3) for b in ShardedBatches(11, 2, rank, 3) for i in b)
+    assert every == list(range(11))  # every image exactly once
 
+
+def test_limit_truncates_the_streamed_test_split(tmp_path):
     dm = DigitScenesDataModule(image_size=32, test_scenes=10, batch_size=4)
-    batches = collect_batches(dm, 7, torch.device("cpu"))
+    module = AttributionEvaluation("centre", build_method("centre"), None, dm,
+                                   EvaluationSettings(metrics=["box_iou"], limit=7))
+    _trainer(tmp_path).test(module, verbose=False)
+    loader = module.test_dataloader()
+    batches = list(loader)
     assert [len(b) for b in batches] == [4, 3]
     assert len(batches[1].boxes) == 3 and batches[1].masks.shape[0] == 3
+    assert [r["n"] for r in module.rows if r["metric"] == "seconds_per_image"] == [7]
+
+
+def test_validation_callback_and_evaluation_report_equal_values(setup, tmp_path):
+    ckpt, _, _ = setup
+    torch.manual_seed(0)
+    module = ExplainerModule(str(ckpt), mask_net="unet", mask_net_kwargs={"width": 4, "depth": 2})
+    with torch.no_grad():  # masks that are not all alike
+        for p in module.mask_net.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    dm = DigitScenesDataModule(image_size=32, test_scenes=12, batch_size=6)
+    trainer = _trainer(tmp_path, callbacks=[ExplainerMetrics()])
+    trainer.test(module, datamodule=dm, verbose=False)
+    logged = {k.removeprefix("test/labels/"): float(v) for k, v in trainer.logged_metrics.items()}
+    export = export_explainer(module, tmp_path / "export")
+    names = list(ExplainerMetrics.VALIDATION_METRICS)
+    evaluation = AttributionEvaluation("explainer", build_method("explainer", path=str(export)),
+                                       module.classifier, dm, EvaluationSettings(metrics=names))
+    _trainer(tmp_path).test(evaluation, verbose=False)
+    rows = {r["metric"]: r["value"] for r in evaluation.rows}
+    shared = [k for k in rows if k in logged]
+    assert {"pointing_game.accuracy", "segmentation.c_iou", "box_iou.c_iou", "saliency.saliency"} <= set(shared)
+    for key in shared:
+        assert rows[key] == pytest.approx(logged[key], abs=1e-5), key
 
 
 def test_explainer_method_from_export_equals_the_module(setup):

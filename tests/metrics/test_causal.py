@@ -146,3 +146,126 @@ def test_merge_state_and_invalid_maps() -> None:
     only.update(images, maps, classes)
     assert set(only.compute()) == {"deletion", "samples", "invalid"}
     assert only.compute()["deletion"].item() == pytest.approx(out["deletion"].item(), abs=1e-12)
+
+
+def rise_causal_reference(net, image: np.ndarray, explanation: np.ndarray, mode: str, step: int) -> float:
+    """RISE's ``CausalMetric.single_run`` (``evaluation.py``) restated in NumPy for one image.
+
+    The class is the top prediction on the clean image, the model's output a softmax, the ranking
+    ``flip(argsort(explanation))`` with a stable argsort, pixels changed ``step`` at a time by editing a
+    NumPy view in place, the substrate zeros (deletion) or RISE's blur (``gkern(11, 5)`` applied like
+    ``conv2d(padding=5)``: a correlation with zero padding), and RISE's ``auc``.
+    """
+    channels, height, width = image.shape
+    hw = height * width
+
+    def probs(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return torch.softmax(net(torch.from_numpy(x)[None]), 1)[0].numpy()
+
+    impulse = np.zeros((11, 11))
+    impulse[5, 5] = 1.0
+    kernel = ndimage.gaussian_filter(impulse, 5.0)
+    blurred = np.stack([ndimage.correlate(image[c], kernel, mode="constant", cval=0.0) for c in range(channels)])
+    cls = int(np.argmax(probs(image)))
+    n_steps = (hw + step - 1) // step
+    start, finish = (image.copy(), np.zeros_like(image)) if mode == "del" else (blurred, image.copy())
+    salient_order = np.flip(np.argsort(explanation.reshape(-1, hw), axis=1, kind="stable"), axis=-1)
+    scores = np.empty(n_steps + 1)
+    for i in range(n_steps + 1):
+        scores[i] = probs(start)[cls]
+        if i < n_steps:
+            coords = salient_order[:, step * i:step * (i + 1)]
+            start.reshape(1, channels, hw)[0, :, coords] = finish.reshape(1, channels, hw)[0, :, coords]
+    return float((scores.sum() - scores[0] / 2 - scores[-1] / 2) / (scores.shape[0] - 1))
+
+
+def plateau_maps(gen: torch.Generator, n: int, size: tuple[int, int]) -> torch.Tensor:
+    """Maps with ties: three levels, a uniform map, a binary map, a map with one peak on a flat floor."""
+    maps = torch.randint(0, 3, (n, 1, *size), generator=gen).double() / 2
+    maps[1] = 0.25
+    maps[2] = (torch.rand(1, *size, generator=gen) < 0.3).double()
+    maps[3] = 0.0
+    maps[3, 0, 5, 7] = 1.0
+    return maps
+
+
+def test_rise_tie_order_matches_rise_reference() -> None:
+    gen = torch.Generator().manual_seed(2)
+    torch.manual_seed(0)
+    net = tiny_net(4).double().eval()
+    images = torch.randn(4, 3, 12, 12, generator=gen, dtype=torch.float64)
+    maps = plateau_maps(gen, 4, (12, 12))
+    classes = top_classes(net, images)
+    curves = insertion_deletion_curves(net, images, maps, classes, step=10, activation="softmax", chunk_size=13)
+    for mode, key in (("del", "deletion"), ("ins", "insertion")):
+        ours = trapezoid_auc(curves[key])[:, 0].numpy()
+        reference = [rise_causal_reference(net, images[b].numpy(), maps[b, 0].numpy(), mode, 10) for b in range(4)]
+        np.testing.assert_allclose(ours, reference, rtol=0, atol=1e-12)
+    metric = InsertionDeletion(net, step=10, activation="softmax")
+    metric.update(images, maps, classes)
+    out = metric.compute()
+    assert out["invalid"].item() == 1  # the uniform map, ranked last pixel first as RISE does
+    reference = [rise_causal_reference(net, images[b].numpy(), maps[b, 0].numpy(), "del", 10) for b in range(4)]
+    assert out["deletion"].item() == pytest.approx(np.mean(reference), abs=1e-12)
+
+
+def test_numpy_default_argsort_keeps_a_uniform_map_in_order() -> None:
+    # RISE calls NumPy's default argsort; on a uniform map it returns row-major order (so RISE changes the
+    # last pixel first), which "rise" reproduces; on maps with plateaus only the stable sort is fixed
+    flat = np.full(224 * 224, 0.5)
+    np.testing.assert_array_equal(np.argsort(flat), np.arange(flat.size))
+
+
+def test_raster_tie_order_reproduces_the_previous_ranking() -> None:
+    gen = torch.Generator().manual_seed(3)
+    torch.manual_seed(0)
+    net = tiny_net(4).double().eval()
+    images = torch.randn(4, 3, 12, 12, generator=gen, dtype=torch.float64)
+    maps = plateau_maps(gen, 4, (12, 12))
+    classes = torch.tensor([[0], [1], [2], [3]])
+    raster = InsertionDeletion(net, step=10, tie_order="raster")
+    raster.update(images, maps, classes)
+    reference = naive_aucs(net, images, maps, classes, 10, "sigmoid")  # stable descending sort: raster ties
+    for mode in ("deletion", "insertion"):
+        assert raster.compute()[mode].item() == pytest.approx(np.mean(reference[mode]), abs=1e-12)
+    rise = InsertionDeletion(net, step=10)
+    rise.update(images, maps, classes)
+    assert rise.compute()["deletion"].item() != pytest.approx(raster.compute()["deletion"].item(), abs=1e-6)
+    # without ties the two orders agree
+    smooth = torch.rand(4, 1, 12, 12, generator=gen, dtype=torch.float64)
+    a = insertion_deletion_curves(net, images, smooth, classes, step=10, tie_order="rise")
+    b = insertion_deletion_curves(net, images, smooth, classes, step=10, tie_order="raster")
+    for mode in ("deletion", "insertion"):
+        torch.testing.assert_close(a[mode], b[mode], rtol=0, atol=0)
+
+
+def test_unknown_tie_order_is_rejected() -> None:
+    net = tiny_net(2).double().eval()
+    with pytest.raises(ValueError, match=r"unknown tie_order 'reverse'; use one of \('rise', 'raster'\)"):
+        InsertionDeletion(net, tie_order="reverse")
+    with pytest.raises(ValueError, match="unknown tie_order"):
+        insertion_deletion_curves(net, torch.zeros(1, 3, 4, 4), torch.zeros(1, 1, 4, 4), torch.tensor([[0]]),
+                                  tie_order="row-major")
+
+
+def test_forward_gives_batch_values_and_accumulates() -> None:
+    torch.manual_seed(0)
+    net = tiny_net(3).double().eval()
+    gen = torch.Generator().manual_seed(4)
+    images = torch.randn(5, 3, 8, 8, generator=gen, dtype=torch.float64)
+    maps = torch.rand(5, 2, 8, 8, generator=gen, dtype=torch.float64)
+    maps[1, 0] = 0.5  # constant: invalid
+    classes = torch.tensor([[0, 1], [2, -1], [1, 0], [0, -1], [2, 2]])
+    whole = InsertionDeletion(net, step=16)
+    whole.update(images, maps, classes)
+    streamed = InsertionDeletion(net, step=16)
+    for rows in (slice(0, 2), slice(2, 5)):
+        alone = InsertionDeletion(net, step=16)
+        alone.update(images[rows], maps[rows], classes[rows])
+        batch_values = streamed(images[rows], maps[rows], classes[rows])
+        for key, value in alone.compute().items():
+            torch.testing.assert_close(batch_values[key], value)
+    for key, value in whole.compute().items():
+        torch.testing.assert_close(streamed.compute()[key], value)
+    assert streamed.compute()["samples"].item() == 8 and streamed.compute()["invalid"].item() == 1

@@ -33,24 +33,28 @@ def test_saliency_hand_computed() -> None:
     maps = torch.zeros(2, 1, 8, 8)
     maps[0, 0, :, :4] = 1.0  # area 1/2, left half kept: logit 10 * 1 - 5 = 5
     maps[1, 0, 0, 4] = 1.0  # area 1/64 < 0.05, right half mean 1/32: logit 10/32 - 5
-    metric = SaliencyMetric(HalvesNet())
+    metric = SaliencyMetric(HalvesNet(), mode="pairs")
     metric.update(images, maps, torch.tensor([[0], [1]]))
     sig = torch.sigmoid
     expected = [math.log(0.5) - math.log(sig(torch.tensor(5.0))), math.log(0.05) - math.log(sig(torch.tensor(10 / 32 - 5)))]
     out = metric.compute()
     assert out["saliency"].item() == pytest.approx(sum(expected) / 2, rel=1e-6)
     assert out["area"].item() == pytest.approx((0.5 + 1 / 64) / 2)
-    # merged: max of both halves' masks -> whole image kept, p = mean of sigmoid(5) over classes 0 and 1
-    merged = SaliencyMetric(HalvesNet(), mode="merged")
+    # paper mode with sigmoid: max of both halves' masks -> whole image kept, p = mean of sigmoid(5) over 0 and 1
+    merged = SaliencyMetric(HalvesNet(), mode="paper", activation="sigmoid")
     two = torch.zeros(1, 2, 8, 8)
     two[0, 0, :, :4] = 1.0
     two[0, 1, :, 4:] = 1.0
     merged.update(images[:1], two, torch.tensor([[0, 1]]))
     assert merged.compute()["saliency"].item() == pytest.approx(-math.log(sig(torch.tensor(5.0))), abs=1e-6)
+    # the paper's default: softmax over HalvesNet's three logits (5, 5, 5) summed over classes 0 and 1 -> 2/3
+    paper = SaliencyMetric(HalvesNet())
+    paper.update(images[:1], two, torch.tensor([[0, 1]]))
+    assert paper.compute()["saliency"].item() == pytest.approx(-math.log(2 / 3), abs=1e-9)
 
 
 @pytest.mark.parametrize("activation", ["sigmoid", "softmax"])
-@pytest.mark.parametrize("mode", ["pairs", "merged"])
+@pytest.mark.parametrize("mode", ["pairs", "paper"])
 def test_saliency_matches_naive_loop(activation: str, mode: str) -> None:
     gen = torch.Generator().manual_seed(0)
     net = tiny_classifier(5)

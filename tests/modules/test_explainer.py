@@ -66,7 +66,8 @@ def test_classifier_is_bit_identical_after_fit_and_absent_from_checkpoints(class
     assert not any(k.startswith("classifier.") for k in ckpt["state_dict"])
     assert ckpt["hyper_parameters"]["classifier_hash"] == module.classifier.content_hash
     assert "val/labels/masked_accuracy" in trainer.logged_metrics
-    assert {"val/labels/pointing_accuracy", "val/labels/c_iou", "val/labels/box_c_iou", "val/labels/saliency"} <= set(
+    assert {"val/labels/pointing_game.accuracy", "val/labels/segmentation.c_iou", "val/labels/box_iou.c_iou",
+            "val/labels/saliency.saliency"} <= set(
         trainer.logged_metrics)
     reloaded = ExplainerModule.load_from_checkpoint(ckpt_path, weights_only=True)
     x = torch.randn(2, 3, 32, 32)
