@@ -143,7 +143,7 @@ def build_trainer_and_data(data: dict[str, Any], trainer_args: list[str], out: P
                          "--trainer.<option> for the Lightning Trainer")
     parser = _parser_for(out)
     config = parser.parse_args(["--data", json.dumps(data), *trainer_args])
-    init = parser.instantiate_classes(config)
+    init = parser.instantiate(config)
     options = {k: v for k, v in dict(init.trainer).items() if k not in TRAINER_FORCED}
     return pl.Trainer(**options, **TRAINER_FORCED), init.data
 
