@@ -10,7 +10,6 @@ import pytest
 import torch
 from torch import nn
 
-from explainer.aggatt import aggatt_bins, save_aggatt
 from explainer.classifiers.factory import build_classifier
 from explainer.classifiers.frozen import FrozenClassifier
 from explainer.classifiers.protocols import (
@@ -23,11 +22,12 @@ from explainer.classifiers.protocols import (
 )
 from explainer.data.batch import Sample
 from explainer.data.grid import Candidates, GridDataset, choose_threshold, grid_targets, score_source
+from explainer.evaluation.aggatt import aggatt_bins, save_aggatt
+from explainer.evaluation.plan import expand_methods
 from explainer.methods import build_method
 from explainer.methods.cam import layer_by_role
 from explainer.metrics.localisation import LocalisationScore, localisation_scores
 from explainer.nets.masknets import build_mask_net, transfer_class_heads
-from explainer.protocol_eval import expand_methods
 
 
 # -- localisation score ---------------------------------------------------------------------------------
@@ -309,7 +309,7 @@ def test_evaluate_protocol_end_to_end(tmp_path, repo, monkeypatch):
     """The CLI on tiny digit grids; the confidence vetting (tested above) is bypassed: every cell image counts
     as confidently right, since a random classifier is rarely right."""
     from explainer import data as data_pkg
-    from explainer.evaluate_cli import main
+    from explainer.evaluation.cli import main
     from tests.helpers import write_classifier_checkpoint
 
     def everyone(dataset, classifier, **kwargs):
@@ -322,7 +322,7 @@ def test_evaluate_protocol_end_to_end(tmp_path, repo, monkeypatch):
     args = ["--data", str(repo / "configs/data/digits_single.yaml"), "--data-arg", "image_size=32",
             "--data-arg", "test_scenes=60", "--data-arg", "batch_size=4", "--classifier", str(ckpt),
             "--protocol", "difull", "--methods", "gradcam,gradient,centre", "--layer", "input,final",
-            "--limit", "8", "--out", str(out)]
+            "--limit", "8", "--trainer.enable_progress_bar", "false", "--out", str(out)]
     rows = main(args)
     methods = {r["method"] for r in rows}
     assert methods == {"gradcam@final", "gradient@input", "gradient@final", "centre"}
@@ -346,7 +346,7 @@ def test_evaluate_protocol_end_to_end(tmp_path, repo, monkeypatch):
 
 
 def test_layers_and_smoothing_on_natural_images(tmp_path, repo):
-    from explainer.evaluate_cli import main
+    from explainer.evaluation.cli import main
     from tests.helpers import write_classifier_checkpoint
 
     _, ckpt = write_classifier_checkpoint(tmp_path)
