@@ -50,7 +50,7 @@ def make_models(folder: Path) -> tuple[Path, Path]:
                          default_root_dir=str(folder))
     trainer.strategy.connect(classifier)
     ckpt = folder / "classifier.ckpt"
-    trainer.save_checkpoint(ckpt)
+    trainer.save_checkpoint(ckpt, weights_only=False)
     explainer = ExplainerModule(str(ckpt), mask_net="classifier_unet",
                                 mask_net_kwargs={"backbone": "digitnet", "width": 32})
     return ckpt, export_explainer(explainer, folder / "explainer")
