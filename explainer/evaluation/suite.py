@@ -200,9 +200,13 @@ def build_suite(names: Iterable[str], context: SuiteContext, has_boxes: bool) ->
 
 def unit_maps(maps: Tensor, unit_range: bool) -> Tensor:
     """Maps in [0, 1]: clamped for methods whose maps are masks (``unit_range``), else "max" normalised
-    (positive part over its maximum); non-finite values become 0."""
-    maps = torch.nan_to_num(maps.float(), nan=0.0, posinf=0.0, neginf=0.0)
-    return maps.clamp(0, 1) if unit_range else normalize_maps(maps, "max")
+    (positive part over its maximum). A map with any non-finite value comes out as NaN everywhere, so that
+    every metric counts it in ``invalid`` (and scores it as an empty map)."""
+    maps = maps.float()
+    broken = ~torch.isfinite(maps).flatten(2).all(-1)
+    clean = torch.nan_to_num(maps, nan=0.0, posinf=0.0, neginf=0.0)
+    out = clean.clamp(0, 1) if unit_range else normalize_maps(clean, "max")
+    return out.masked_fill(broken[..., None, None], float("nan"))
 
 
 def batch_values(values: dict[str, Tensor], keys: Iterable[str]) -> Tensor:

@@ -20,7 +20,6 @@ from explainer.metrics.common import (
     maps_to_unit_range,
 )
 
-
 SALIENCY_MODES = ("paper", "pairs")
 SaliencyMode = Literal["paper", "pairs"]
 _MODE_ACTIVATION = {"paper": "softmax", "pairs": "sigmoid"}

@@ -11,7 +11,9 @@ import sys
 
 import pytest
 
-from explainer.evaluation.cli import device_options, main
+from explainer.data.digits import DigitScenesDataModule
+from explainer.evaluation.cli import data_spec, device_options, main
+from tests.evaluation import partial_nan
 from tests.helpers import write_classifier_checkpoint
 
 METRICS = ["--metrics", "pointing_game,segmentation,insertion_deletion,saliency", "--insertion-step", "64"]
@@ -68,8 +70,9 @@ def _assert_same_rows(single: list[dict], multi: list[dict]) -> None:
 
 
 def test_two_ddp_processes_give_the_rows_of_one_and_resume(classifier, repo, tmp_path):
-    # 14 images in batches of 4, 4, 4, 2: rank 0 gets batches 0 and 2 (8 images), rank 1 batches 1 and 3 (6)
-    methods = "centre,gradient,gradcam"
+    # 14 images in batches of 4, 4, 4, 2: rank 0 gets batches 0 and 2 (8 images), rank 1 batches 1 and 3 (6);
+    # partial_nan breaks the first image of every batch, so both ranks see invalid maps
+    methods = "centre,gradient,gradcam,partial_nan"
     single = main(_args(repo, classifier, tmp_path / "one", 14, methods))
     out = tmp_path / "two"
     out.mkdir()
@@ -77,16 +80,23 @@ def test_two_ddp_processes_give_the_rows_of_one_and_resume(classifier, repo, tmp
     one_settings = json.loads((tmp_path / "one" / "settings.json").read_text())
     (out / "results.json").write_text(json.dumps(kept))
     (out / "settings.json").write_text(json.dumps(one_settings))
-    command = [sys.executable, str(repo / "evaluate.py"),
+    command = [sys.executable, partial_nan.__file__,  # evaluate.py with partial_nan registered
                *_args(repo, classifier, out, 14, methods, "--resume", *DDP_CPU, "--trainer.devices", "2")]
     _run([command], repo, tmp_path)
     multi = json.loads((out / "results.json").read_text())
     assert multi[:len(kept)] == kept  # reused verbatim
     _assert_same_rows(single, multi)
-    assert {r["method"] for r in multi} == {"centre", "gradient", "gradcam"}
-    assert [r["n"] for r in multi if r["metric"] == "seconds_per_image"] == [14, 14, 14]
+    assert {r["method"] for r in multi} == {"centre", "gradient", "gradcam", "partial_nan"}
+    assert [r["n"] for r in multi if r["metric"] == "seconds_per_image"] == [14, 14, 14, 14]
     accuracy = [r for r in multi if r["metric"] == "pointing_game.accuracy"]
-    assert len(accuracy) == 3 and all(r["stderr"] > 0 for r in accuracy)  # over 4 batches on two ranks
+    assert len(accuracy) == 4 and all(r["stderr"] > 0 for r in accuracy)  # over 4 batches on two ranks
+    invalid = {r["metric"]: r["value"] for r in multi if r["method"] == "partial_nan" and r["metric"].endswith("invalid")}
+    first_images = [0, 4, 8, 12]  # the pairs of the first image of each batch, on both ranks
+    spec = data_spec(str(repo / "configs/data/digits.yaml"), ["image_size=32", "test_scenes=14", "batch_size=4"])
+    test_split = DigitScenesDataModule(**spec["init_args"])._dataset("test")
+    broken_pairs = sum(int(test_split[i].labels.sum()) for i in first_images)
+    assert invalid["pointing_game.invalid"] == broken_pairs > 0
+    assert invalid["segmentation.invalid"] == broken_pairs
     assert (out / "results.md").read_text().startswith("| method |")
     assert (out / "examples.png").is_file() and (out / "curves.png").is_file()
 

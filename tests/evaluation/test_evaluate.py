@@ -157,14 +157,17 @@ def test_nan_and_constant_maps_are_counted_not_fatal(setup, tmp_path):
     ckpt, _, _ = setup
     classifier = FrozenClassifier.from_checkpoint(ckpt)
     dm = DigitScenesDataModule(image_size=32, test_scenes=6, batch_size=6)
-    settings = EvaluationSettings(metrics=["pointing_game", "insertion_deletion"], insertion_step=64)
+    settings = EvaluationSettings(metrics=["pointing_game", "insertion_deletion", "segmentation", "saliency"],
+                                  insertion_step=64)
     module = AttributionEvaluation("nan", _NaNMethod(), classifier, dm, settings)
     _trainer(tmp_path).test(module, verbose=False)
     value = {r["metric"]: r["value"] for r in module.rows}
     first = next(iter(dm.test_dataloader()))
-    pairs = int((first.labels[:2] > 0).sum())
-    assert value["pointing_game.invalid"] >= pairs
-    assert value["insertion_deletion.invalid"] >= pairs
+    nan_pairs, constant_pairs = int((first.labels[0] > 0).sum()), int((first.labels[1] > 0).sum())
+    assert value["pointing_game.invalid"] == nan_pairs + constant_pairs  # a constant map has no point
+    assert value["insertion_deletion.invalid"] == nan_pairs + constant_pairs  # nor a ranking
+    assert value["segmentation.invalid"] == nan_pairs  # a constant mask is a valid mask
+    assert value["saliency.invalid"] == 1  # one merged mask per image (the paper's mode)
     assert all(r["value"] == r["value"] for r in module.rows)  # no NaN values
 
 

@@ -190,12 +190,17 @@ def plateau_maps(gen: torch.Generator, n: int, size: tuple[int, int]) -> torch.T
     return maps
 
 
-def test_rise_tie_order_matches_rise_reference() -> None:
-    gen = torch.Generator().manual_seed(2)
+def plateau_case(seed: int) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor, torch.Generator]:
+    """A tiny float64 classifier, four 12 x 12 images and maps with plateaus (ties), and the generator."""
+    gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(0)
     net = tiny_net(4).double().eval()
     images = torch.randn(4, 3, 12, 12, generator=gen, dtype=torch.float64)
-    maps = plateau_maps(gen, 4, (12, 12))
+    return net, images, plateau_maps(gen, 4, (12, 12)), gen
+
+
+def test_rise_tie_order_matches_rise_reference() -> None:
+    net, images, maps, _ = plateau_case(2)
     classes = top_classes(net, images)
     curves = insertion_deletion_curves(net, images, maps, classes, step=10, activation="softmax", chunk_size=13)
     for mode, key in (("del", "deletion"), ("ins", "insertion")):
@@ -218,11 +223,7 @@ def test_numpy_default_argsort_keeps_a_uniform_map_in_order() -> None:
 
 
 def test_raster_tie_order_reproduces_the_previous_ranking() -> None:
-    gen = torch.Generator().manual_seed(3)
-    torch.manual_seed(0)
-    net = tiny_net(4).double().eval()
-    images = torch.randn(4, 3, 12, 12, generator=gen, dtype=torch.float64)
-    maps = plateau_maps(gen, 4, (12, 12))
+    net, images, maps, gen = plateau_case(3)
     classes = torch.tensor([[0], [1], [2], [3]])
     raster = InsertionDeletion(net, step=10, tie_order="raster")
     raster.update(images, maps, classes)
