@@ -42,6 +42,7 @@ from typing import Any
 import lightning.pytorch as pl
 import yaml
 from lightning.pytorch.cli import LightningArgumentParser
+from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 from rich.console import Console
 
 from explainer.classifiers import FrozenClassifier
@@ -145,7 +146,12 @@ def build_trainer_and_data(data: dict[str, Any], trainer_args: list[str], out: P
     config = parser.parse_args(["--data", json.dumps(data), *trainer_args])
     init = parser.instantiate(config)
     options = {k: v for k, v in dict(init.trainer).items() if k not in TRAINER_FORCED}
-    return pl.Trainer(**options, **TRAINER_FORCED), init.data
+    trainer = pl.Trainer(**options, **TRAINER_FORCED)
+    if isinstance(trainer.strategy.launcher, _MultiProcessingLauncher):
+        raise ValueError(f"--trainer.strategy {config.trainer.strategy}: evaluate.py needs every process to run "
+                         "the script (its rows stay in the process that computed them); use --trainer.strategy "
+                         "ddp, torchrun or srun")
+    return trainer, init.data
 
 
 def data_spec(path: str, overrides: list[str]) -> dict[str, Any]:

@@ -143,7 +143,10 @@ def test_bad_devices_fail_before_any_work(classifier, repo, tmp_path):
         main(_args(repo, classifier, tmp_path / "a", 8, "centre", "--devices", "two"))
     with pytest.raises(ValueError, match=r"unknown option\(s\) \['--bogus'\]"):
         main(_args(repo, classifier, tmp_path / "b", 8, "centre", "--bogus", "1"))
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    with pytest.raises(ValueError, match="--trainer.strategy ddp_spawn: evaluate.py needs every process"):
+        main(_args(repo, classifier, tmp_path / "c", 8, "centre", "--trainer.strategy", "ddp_spawn",
+                   "--trainer.devices", "2", "--trainer.accelerator", "cpu"))
+    assert not any((tmp_path / name).exists() for name in "abc")
 
 
 def test_a_failing_rank_fails_the_run(classifier, repo, tmp_path):
