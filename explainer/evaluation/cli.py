@@ -200,7 +200,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
               "pointing_tolerance": args.pointing_tolerance or "per image (15 px, or 15/224 of the shorter side)",
               "difficult": f"list {args.difficult_list}" if args.difficult_list else "coverage rule",
               "tie_order": args.tie_order, "saliency_mode": args.saliency_mode,
-              "insertion_step": args.insertion_step, "protocol": args.protocol}
+              "insertion_step": args.insertion_step, "protocol": args.protocol,
+              "precision": str(trainer.precision)}
     if args.protocol is not None:
         record.update(grid_size=args.grid_size, confidence=args.confidence, targets=args.protocol)
         datamodule = GridDataModule(datamodule, args.classifier, protocol=args.protocol, grid_size=args.grid_size,

@@ -93,7 +93,7 @@ def settings_notes(settings: dict[str, Any] | None) -> list[str]:
     if not settings:
         return []
     keys = ("classifier", "data", "targets", "limit", "pointing_tolerance", "difficult", "tie_order",
-            "saliency_mode", "insertion_step", "protocol")
+            "saliency_mode", "insertion_step", "protocol", "precision")
     return [f"{k}: {settings[k]}" for k in keys if settings.get(k) is not None]
 
 

@@ -10,9 +10,12 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from explainer.data.digits import DigitScenesDataModule
 from explainer.evaluation.cli import data_spec, device_options, main
+from explainer.export import export_explainer
+from explainer.modules import ExplainerModule
 from tests.evaluation import partial_nan
 from tests.helpers import write_classifier_checkpoint
 
@@ -24,6 +27,14 @@ DDP_CPU = ["--trainer.accelerator", "cpu", "--trainer.strategy", "ddp"]
 @pytest.fixture(scope="module")
 def classifier(tmp_path_factory):
     return write_classifier_checkpoint(tmp_path_factory.mktemp("classifier"))[1]
+
+
+@pytest.fixture(scope="module")
+def explainer(classifier, tmp_path_factory):
+    """An Explainer export for ``classifier`` (untrained weights: the maps only need to be deterministic)."""
+    torch.manual_seed(0)
+    module = ExplainerModule(str(classifier), mask_net="unet", mask_net_kwargs={"width": 4, "depth": 2})
+    return export_explainer(module, tmp_path_factory.mktemp("explainer") / "export")
 
 
 def _args(repo, ckpt, out, scenes: int, methods: str, *extra: str) -> list[str]:
@@ -54,8 +65,10 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _assert_same_rows(single: list[dict], multi: list[dict]) -> None:
+def _assert_same_rows(single: list[dict], multi: list[dict]) -> float:
+    """Asserts equal rows (to 1e-5) and counts; returns the largest difference of a value or standard error."""
     assert [(r["method"], r["metric"]) for r in multi] == [(r["method"], r["metric"]) for r in single]
+    worst = 0.0
     for one, many in zip(single, multi, strict=True):
         where = f"{one['method']} {one['metric']}"
         assert many["n"] == one["n"], where
@@ -63,16 +76,20 @@ def _assert_same_rows(single: list[dict], multi: list[dict]) -> None:
         if one["metric"] == "seconds_per_image":  # a timing: only its image count can agree
             continue
         assert math.isclose(many["value"], one["value"], rel_tol=0, abs_tol=1e-5), where
+        worst = max(worst, abs(many["value"] - one["value"]))
         if one["stderr"] is None or math.isnan(one["stderr"]):
             assert many["stderr"] is None or math.isnan(many["stderr"]), where
         else:
             assert math.isclose(many["stderr"], one["stderr"], rel_tol=0, abs_tol=1e-5), where
+            worst = max(worst, abs(many["stderr"] - one["stderr"]))
+    print(f"{len(single)} rows equal, largest difference {worst:.3g}")
+    return worst
 
 
-def test_two_ddp_processes_give_the_rows_of_one_and_resume(classifier, repo, tmp_path):
+def test_two_ddp_processes_give_the_rows_of_one_and_resume(classifier, explainer, repo, tmp_path):
     # 14 images in batches of 4, 4, 4, 2: rank 0 gets batches 0 and 2 (8 images), rank 1 batches 1 and 3 (6);
     # partial_nan breaks the first image of every batch, so both ranks see invalid maps
-    methods = "centre,gradient,gradcam,partial_nan"
+    methods = f"centre,gradient,gradcam,oracle,explainer={explainer},partial_nan"
     single = main(_args(repo, classifier, tmp_path / "one", 14, methods))
     out = tmp_path / "two"
     out.mkdir()
@@ -86,10 +103,10 @@ def test_two_ddp_processes_give_the_rows_of_one_and_resume(classifier, repo, tmp
     multi = json.loads((out / "results.json").read_text())
     assert multi[:len(kept)] == kept  # reused verbatim
     _assert_same_rows(single, multi)
-    assert {r["method"] for r in multi} == {"centre", "gradient", "gradcam", "partial_nan"}
-    assert [r["n"] for r in multi if r["metric"] == "seconds_per_image"] == [14, 14, 14, 14]
-    accuracy = [r for r in multi if r["metric"] == "pointing_game.accuracy"]
-    assert len(accuracy) == 4 and all(r["stderr"] > 0 for r in accuracy)  # over 4 batches on two ranks
+    assert {r["method"] for r in multi} == {"centre", "gradient", "gradcam", "oracle", "explainer", "partial_nan"}
+    assert [r["n"] for r in multi if r["metric"] == "seconds_per_image"] == [14] * 6
+    accuracy = [r for r in multi if r["metric"] == "segmentation.c_iou"]
+    assert len(accuracy) == 6 and all(r["stderr"] > 0 for r in accuracy)  # over 4 batches on two ranks
     invalid = {r["metric"]: r["value"] for r in multi if r["method"] == "partial_nan" and r["metric"].endswith("invalid")}
     first_images = [0, 4, 8, 12]  # the pairs of the first image of each batch, on both ranks
     spec = data_spec(str(repo / "configs/data/digits.yaml"), ["image_size=32", "test_scenes=14", "batch_size=4"])
@@ -102,9 +119,9 @@ def test_two_ddp_processes_give_the_rows_of_one_and_resume(classifier, repo, tmp
 
 
 @pytest.mark.slow
-def test_two_torchrun_nodes_give_the_rows_of_one(classifier, repo, tmp_path):
+def test_two_torchrun_nodes_give_the_rows_of_one(classifier, explainer, repo, tmp_path):
     # two "nodes" of one process each, rendezvous over localhost, as a multi-node torchrun or SLURM job runs
-    methods = "centre,gradient"
+    methods = f"explainer={explainer},gradcam,gradient,centre,oracle"
     single = main(_args(repo, classifier, tmp_path / "one", 10, methods))
     port = str(_free_port())
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
@@ -116,7 +133,7 @@ def test_two_torchrun_nodes_give_the_rows_of_one(classifier, repo, tmp_path):
     _run(commands, repo, tmp_path)
     multi = json.loads((tmp_path / "two" / "results.json").read_text())
     _assert_same_rows(single, multi)
-    assert [r["n"] for r in multi if r["metric"] == "seconds_per_image"] == [10, 10]
+    assert [r["n"] for r in multi if r["metric"] == "seconds_per_image"] == [10] * 5
     # rank 0 holds batch 0: the same example maps, so the same picture
     assert (tmp_path / "two" / "examples.png").read_bytes() == (tmp_path / "one" / "examples.png").read_bytes()
 
