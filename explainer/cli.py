@@ -18,6 +18,8 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
+from explainer.checkpoint import check_resume_checkpoint
+
 DEFAULT_RUNS_DIR = "runs"
 
 
@@ -76,6 +78,14 @@ class ExplainerCLI(LightningCLI):
     * ``checkpoint.*`` configures the ModelCheckpoint (default: best ``val/loss``);
     * the default logger is wandb offline (see :func:`default_logger`).
     """
+
+    def _parse_ckpt_path(self) -> None:
+        subcommand = self.config.get("subcommand")
+        if subcommand:
+            path = self.config[subcommand].get("ckpt_path")
+            if path and Path(path).is_file():
+                check_resume_checkpoint(path, self.config[subcommand].get("model"))
+        super()._parse_ckpt_path()
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from torch import Tensor, nn
 import explainer
 from explainer.checkpoint import read_checkpoint
 from explainer.nets.masknets import build_mask_net
+from explainer.trust import loading_from
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -151,18 +153,38 @@ def _read_config(folder: Path) -> dict[str, Any]:
             f"'{folder}' is not an Explainer export: no {CONFIG_NAME} (export with "
             "explainer.export.export_explainer or a training run with the ExportExplainer callback)"
         )
-    config = json.loads(path.read_text())
-    if config.get("format") != FORMAT:
-        raise ValueError(f"{path} has format {config.get('format')!r}; this library reads {FORMAT!r}")
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); the export is damaged: export it again") from err
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        found = config.get("format") if isinstance(config, dict) else type(config).__name__
+        raise ValueError(f"{path} has format {found!r}; this library reads {FORMAT!r}")
     return config
 
 
-def load(path: str | Path, map_location: str | torch.device = "cpu") -> LoadedExplainer:
+def _read_weights(path: Path) -> dict[str, Tensor]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: the export is incomplete, export it again")
+    try:
+        return load_file(str(path))
+    except Exception as err:  # safetensors raises its own error types for damaged files
+        raise ValueError(f"{path} is not a readable safetensors file ({err}); the export is damaged: export it "
+                         "again") from err
+
+
+def load(path: str | Path, map_location: str | torch.device = "cpu", *,
+         allow_factories: Iterable[str] = ()) -> LoadedExplainer:
     """Loads an exported Explainer folder (or an ``ExplainerModule`` checkpoint file).
+
+    Loading reads data only. A mask network built on a ``package.module:factory`` classifier (the
+    ``classifier_unet`` backbone) is refused unless that name is registered, allowed here or in
+    ``EXPLAINER_ALLOW_FACTORIES`` (see :mod:`explainer.classifiers.factory`).
 
     Args:
         path: the export folder, or a ``.ckpt`` of an ``ExplainerModule`` (no classifier needed).
         map_location: the device to load onto.
+        allow_factories: ``package.module:factory`` names the files may use.
 
     Returns:
         The explainer, in eval mode.
@@ -170,11 +192,13 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> LoadedEx
     path = Path(path)
     if path.is_dir():
         config = _read_config(path)
-        net = build_mask_net(config["mask_net"]["name"], config["num_classes"], **config["mask_net"]["kwargs"])
-        net.load_state_dict(load_file(str(path / WEIGHTS_NAME)))
+        with loading_from(f"the export {path / CONFIG_NAME}", allow_factories):
+            net = build_mask_net(config["mask_net"]["name"], config["num_classes"], **config["mask_net"]["kwargs"])
+        net.load_state_dict(_read_weights(path / WEIGHTS_NAME))
         return LoadedExplainer(net, config).to(map_location)
     state, class_names, spec, hp = _checkpoint_mask_net(path)
-    net = build_mask_net(spec["name"], len(class_names), **spec["kwargs"])
+    with loading_from(f"the checkpoint {path}", allow_factories):
+        net = build_mask_net(spec["name"], len(class_names), **spec["kwargs"])
     net.load_state_dict(state)
     config = {
         "format": FORMAT, "class_names": class_names, "num_classes": len(class_names), "mask_net": spec,
@@ -201,7 +225,7 @@ def read_mask_net_state(source: str | Path) -> tuple[dict[str, Tensor], list[str
     source = Path(source)
     if source.is_dir():
         config = _read_config(source)
-        return load_file(str(source / WEIGHTS_NAME)), list(config["class_names"]), config["mask_net"]
+        return _read_weights(source / WEIGHTS_NAME), list(config["class_names"]), config["mask_net"]
     state, names, spec, _ = _checkpoint_mask_net(source)
     return state, names, spec
 

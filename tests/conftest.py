@@ -14,6 +14,12 @@ for var, sub in [("WANDB_DIR", "wandb"), ("WANDB_CACHE_DIR", "wandb-cache"), ("W
     os.environ[var] = str(_SANDBOX / sub)
 os.environ["WANDB_MODE"] = "disabled"  # CSV logging by default; the wandb test switches to offline
 os.environ["WANDB_SILENT"] = "true"
+# the test classifiers are user factories (package.module:factory); checkpoints that name them may be loaded
+# (subprocesses inherit the allowance; the tests of hostile files remove it)
+os.environ["EXPLAINER_ALLOW_FACTORIES"] = ",".join([
+    "tests.helpers:tiny_net", "tests.helpers:opaque_net", "tests.modules.test_prototypes:mlp_head_net",
+    "tests.modules.test_prototypes:signed_features_net",
+])
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

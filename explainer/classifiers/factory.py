@@ -1,5 +1,8 @@
 """Classifier factory: torchvision names, timm names, the digit-scenes network, or a user callable.
 
+A user callable is named ``package.module:factory``; when the name comes from a loaded file it is imported
+only if the user allowed it (:mod:`explainer.trust`).
+
 Every classifier is returned as a :class:`ClassifierNet` with three parts, ``features`` (image to a
 feature map), ``pool`` and ``head`` (pooled features to logits). Attribution methods find their default
 layers from this split (Grad-CAM on the last feature block) and the part-prototype heads need it.
@@ -14,6 +17,8 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+
+from explainer.trust import check_trusted, registered_factory
 
 
 class ClassifierNet(nn.Module):
@@ -174,11 +179,16 @@ def _from_timm(name: str, num_classes: int) -> ClassifierNet:
 
 
 def _from_callable(spec: str, num_classes: int) -> ClassifierNet:
-    module_name, _, attr = spec.partition(":")
-    try:
-        factory: Callable[..., nn.Module] = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"cannot import classifier factory '{spec}': {err}") from err
+    registered = registered_factory(spec)
+    if registered is not None:
+        factory: Callable[..., nn.Module] = registered
+    else:
+        check_trusted(spec)
+        module_name, _, attr = spec.partition(":")
+        try:
+            factory = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as err:
+            raise ValueError(f"cannot import classifier factory '{spec}': {err}") from err
     model = factory(num_classes=num_classes)
     if isinstance(model, ClassifierNet):
         return model
@@ -195,8 +205,9 @@ def build_classifier(name: str, num_classes: int, weights: str | None = None) ->
     Args:
         name: ``digitnet`` or ``digitnet_local``; a torchvision model name (``resnet18``, ``resnet50``,
             ``vgg16``, ...); a timm name (``timm/<name>``, or a bare name torchvision does not know, when timm
-            is installed); or a user callable ``package.module:factory`` that takes ``num_classes`` and returns
-            an nn.Module.
+            is installed); a name given to :func:`register_backbone`; or a user callable
+            ``package.module:factory`` that takes ``num_classes`` and returns an nn.Module (inside
+            :func:`loading_from`, only when allowed: see the module docstring).
         num_classes: outputs of the head.
         weights: backbone weights: a torchvision weights name (``IMAGENET1K_V1``, needs the internet once)
             or the path of a state dict (``.pt`` / ``.pth`` / ``.safetensors``) loaded non-strictly, so a
@@ -205,6 +216,8 @@ def build_classifier(name: str, num_classes: int, weights: str | None = None) ->
     Returns:
         The classifier.
     """
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"a classifier name must be a non-empty string, got {name!r}")
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     path_weights = weights is not None and Path(weights).suffix in (".pt", ".pth", ".safetensors", ".bin")
@@ -212,7 +225,7 @@ def build_classifier(name: str, num_classes: int, weights: str | None = None) ->
         net = digitnet(num_classes)
     elif name == "digitnet_local":
         net = digitnet_local(num_classes)
-    elif ":" in name:
+    elif ":" in name or registered_factory(name) is not None:
         net = _from_callable(name, num_classes)
     elif name.startswith("timm/"):
         net = _from_timm(name[5:], num_classes)

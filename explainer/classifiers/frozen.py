@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -10,6 +11,7 @@ from torch import Tensor, nn
 
 from explainer.checkpoint import read_checkpoint
 from explainer.classifiers.factory import ClassifierNet, build_classifier
+from explainer.trust import loading_from
 
 
 def state_hash(module: nn.Module) -> str:
@@ -73,13 +75,19 @@ class FrozenClassifier(nn.Module):
         return self._hash
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, num_classes: int | None = None) -> FrozenClassifier:
+    def from_checkpoint(cls, path: str | Path, num_classes: int | None = None, *,
+                        allow_factories: Iterable[str] = ()) -> FrozenClassifier:
         """Loads the classifier of a :class:`~explainer.modules.classifier.ClassifierModule` checkpoint.
+
+        The checkpoint is data: a ``package.module:factory`` backbone it names is refused before any import
+        unless registered, in ``allow_factories`` or in ``EXPLAINER_ALLOW_FACTORIES``
+        (:func:`~explainer.classifiers.factory.loading_from`).
 
         Args:
             path: a Lightning checkpoint written by ``train.py`` for a ``ClassifierModule``.
             num_classes: the class count the caller needs (e.g. the data module's); a mismatch is an error
                 naming both numbers.
+            allow_factories: ``package.module:factory`` backbones the checkpoint may name.
 
         Returns:
             The frozen classifier, on the CPU.
@@ -96,7 +104,8 @@ class FrozenClassifier(nn.Module):
                 f"class-count mismatch: the classifier '{path}' has {hp['num_classes']} classes but the data "
                 f"module has {num_classes}"
             )
-        net = build_classifier(hp["backbone"], int(hp["num_classes"]))
+        with loading_from(f"the checkpoint {path} (hyper_parameters.backbone)", allow_factories):
+            net = build_classifier(hp["backbone"], int(hp["num_classes"]))
         prefix = "net."
         state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
         net.load_state_dict(state)
