@@ -13,9 +13,12 @@ An export is a folder::
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
+import tempfile
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +34,56 @@ from explainer.trust import loading_from
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 FORMAT = "explainer-export/1"
+
+
+def check_export_target(folder: Path, overwrite: bool) -> None:
+    """Refuses to export into ``folder`` when that would replace an export (without ``overwrite``) or files
+    that are not an export."""
+    if folder.exists() and not folder.is_dir():
+        raise FileExistsError(f"{folder} is a file; choose a folder for the export")
+    if (folder / CONFIG_NAME).exists():
+        if not overwrite:
+            raise FileExistsError(f"{folder / CONFIG_NAME} exists; pass overwrite=True or choose another folder")
+    elif folder.is_dir() and any(folder.iterdir()):
+        raise FileExistsError(f"{folder} holds files but no export ({CONFIG_NAME}); an export replaces its folder "
+                              "whole, so choose an empty or new folder")
+
+
+@contextlib.contextmanager
+def replacing_folder(folder: Path) -> Iterator[Path]:
+    """Yields a fresh staging folder beside ``folder``; on success it replaces ``folder`` whole (no stale
+    files), by renames; on failure it is removed and ``folder`` is left as it was."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    old = None
+    if folder.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".old", dir=folder.parent))
+        old.rmdir()
+        folder.rename(old)
+    staging.rename(folder)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def check_finite(state: dict[str, Tensor], what: str) -> None:
+    """Refuses a state dict with non-finite floating-point tensors, naming them."""
+    bad = [f"{k} ({int((~torch.isfinite(v)).sum())} of {v.numel()})" for k, v in state.items()
+           if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ValueError(f"{what} has non-finite values in {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}: "
+                         "training diverged (lower the learning rate, or export an earlier checkpoint); nothing "
+                         "was written")
+
+
+def _factory_names(config: dict[str, Any]) -> list[str]:
+    """The ``package.module:factory`` backbone this export's own module was built with (typed by its user)."""
+    backbone = config["mask_net"]["kwargs"].get("backbone")
+    return [backbone] if isinstance(backbone, str) and ":" in backbone else []
 
 
 def export_explainer(
@@ -54,18 +107,19 @@ def export_explainer(
         example_images: a few normalised images for ``examples.png``.
         torchscript: also write ``model.ts`` (a traced TorchScript module; needs ``example_images`` or
             ``input_size``).
-        overwrite: replace an existing export; without it an existing ``config.json`` is an error.
+        overwrite: replace an existing export; without it an existing ``config.json`` is an error. The
+            export is written to a new folder beside ``folder`` and renamed into place, so it replaces an
+            earlier export whole, and a failure leaves the earlier one untouched.
 
     Returns:
         The folder.
     """
     folder = Path(folder)
-    if (folder / CONFIG_NAME).exists() and not overwrite:
-        raise FileExistsError(f"{folder / CONFIG_NAME} exists; pass overwrite=True or choose another folder")
-    folder.mkdir(parents=True, exist_ok=True)
+    check_export_target(folder, overwrite)
     hp = module.hparams
     net = module.mask_net
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    check_finite(state, "the mask network")
     config = {
         "format": FORMAT,
         "library_version": explainer.__version__,
@@ -83,18 +137,19 @@ def export_explainer(
         "loss_weights": {k: float(getattr(hp, k)) for k in
                          ("entropy", "tv", "class_area", "target_area", "nontarget_area", "min_area", "max_area")},
     }
-    save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": FORMAT})
-    (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2))
-    loaded = load(folder)
-    if example_images is not None:
-        save_example_masks(loaded, example_images, folder / "examples.png")
-    if torchscript:
-        size = tuple(example_images.shape[-2:]) if example_images is not None else tuple(input_size or (224, 224))
-        sample = torch.zeros(1, 3, *size)
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # TorchScript's deprecation notice and trace warnings on shape checks
-            traced = torch.jit.trace(loaded.net.eval(), sample)
-        traced.save(str(folder / "model.ts"))
+    with replacing_folder(folder) as staging:  # every file in a fresh folder, renamed into place at the end
+        save_file(state, str(staging / WEIGHTS_NAME), metadata={"format": FORMAT})
+        (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2))
+        loaded = load(staging, allow_factories=_factory_names(config))
+        if example_images is not None:
+            save_example_masks(loaded, example_images, staging / "examples.png")
+        if torchscript:
+            size = tuple(example_images.shape[-2:]) if example_images is not None else tuple(input_size or (224, 224))
+            sample = torch.zeros(1, 3, *size)
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # TorchScript's deprecation notice and trace warnings on shape checks
+                traced = torch.jit.trace(loaded.net.eval(), sample)
+            traced.save(str(staging / "model.ts"))
     return folder
 
 

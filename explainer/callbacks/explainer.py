@@ -13,6 +13,7 @@ from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MultilabelAccuracy, MultilabelF1Score
 
 from explainer.callbacks.images import denormalize, log_figure
+from explainer.checkpoint import read_checkpoint
 from explainer.evaluation.suite import (
     SPECS,
     EvaluationSettings,
@@ -22,6 +23,7 @@ from explainer.evaluation.suite import (
     ground_truth_source,
     unit_maps,
 )
+from explainer.export import check_export_target, export_explainer
 from explainer.methods.base import gather_classes, present_classes
 
 
@@ -227,13 +229,17 @@ class ExportExplainer(pl.Callback):
         self.exported: Path | None = None
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if (Path(self.folder) / "config.json").exists() and not self.overwrite:  # fail before training, not after
-            raise FileExistsError(f"export folder {self.folder} already holds an export; set overwrite or another folder")
+        # fail before training, not after
+        source = getattr(pl_module.hparams, "init_from", None)
+        if source and Path(source).resolve() == Path(self.folder).resolve():
+            raise ValueError(
+                f"the export folder {self.folder} is the Explainer this run starts from (init_from); exporting "
+                "would replace it. Set another folder for the ExportExplainer callback in your config (its "
+                "'folder' argument), or start from a copy of the export"
+            )
+        check_export_target(Path(self.folder), self.overwrite)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        from explainer.checkpoint import read_checkpoint
-        from explainer.export import export_explainer
-
         if not trainer.is_global_zero or trainer.interrupted:
             return
         best = getattr(trainer.checkpoint_callback, "best_model_path", "")

@@ -1,0 +1,81 @@
+"""Exports replace their folder whole and atomically, refuse non-finite tensors, and never overwrite their source."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import explainer
+from explainer.callbacks import ExportExplainer
+from explainer.export import export_explainer
+from explainer.modules import ExplainerModule
+from tests.helpers import write_classifier_checkpoint
+
+MASK_NET = {"mask_net": "unet", "mask_net_kwargs": {"width": 4, "depth": 2}}
+
+
+@pytest.fixture
+def module(tmp_path):
+    _, ckpt = write_classifier_checkpoint(tmp_path)
+    torch.manual_seed(0)
+    return ExplainerModule(str(ckpt), **MASK_NET)
+
+
+def test_overwrite_replaces_the_folder_whole(module, tmp_path):
+    folder = export_explainer(module, tmp_path / "export", example_images=torch.randn(2, 3, 32, 32))
+    (folder / "model.ts").write_text("stale")  # a file of an earlier export with torchscript
+    with pytest.raises(FileExistsError, match="config.json exists; pass overwrite=True"):
+        export_explainer(module, folder)
+    export_explainer(module, folder, overwrite=True)
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".export.")]  # no staging folder left
+    explainer.load(folder)
+
+
+def test_non_finite_weights_are_refused_and_the_earlier_export_kept(module, tmp_path):
+    folder = export_explainer(module, tmp_path / "export")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    with torch.no_grad():
+        next(module.mask_net.parameters())[0] = float("inf")
+        module.mask_net.apply(lambda m: m.running_var.fill_(float("nan")) if hasattr(m, "running_var") else None)
+    with pytest.raises(ValueError, match=r"the mask network has non-finite values in .*training diverged"):
+        export_explainer(module, folder, overwrite=True)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".export.")]
+
+
+def test_a_failure_midway_leaves_the_earlier_export(module, tmp_path, monkeypatch):
+    from explainer import export as export_module
+
+    folder = export_explainer(module, tmp_path / "export")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(export_module, "save_example_masks", broken)
+    with pytest.raises(OSError, match="disk full"):
+        export_explainer(module, folder, overwrite=True, example_images=torch.randn(2, 3, 32, 32))
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_a_folder_of_other_files_is_never_replaced(module, tmp_path):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "thesis.tex").write_text("precious")
+    for overwrite in (False, True):
+        with pytest.raises(FileExistsError, match="holds files but no export"):
+            export_explainer(module, folder, overwrite=overwrite)
+    assert (folder / "thesis.tex").read_text() == "precious"
+    export_explainer(module, tmp_path / "empty_dir_is_fine")
+
+
+def test_the_export_target_cannot_be_the_init_from_source(module, tmp_path):
+    source = export_explainer(module, tmp_path / "export")
+    callback = ExportExplainer(folder=str(source), overwrite=True)
+    tuned = SimpleNamespace(hparams=SimpleNamespace(init_from=str(tmp_path / "." / "export")))
+    with pytest.raises(ValueError, match="is the Explainer this run starts from"):
+        callback.on_fit_start(None, tuned)
+    ExportExplainer(folder=str(tmp_path / "elsewhere")).on_fit_start(None, tuned)
