@@ -79,3 +79,33 @@ def test_the_export_target_cannot_be_the_init_from_source(module, tmp_path):
     with pytest.raises(ValueError, match="is the Explainer this run starts from"):
         callback.on_fit_start(None, tuned)
     ExportExplainer(folder=str(tmp_path / "elsewhere")).on_fit_start(None, tuned)
+
+
+def test_a_diverging_run_stops_and_exports_nothing(repo, in_tmp, tiny_digits_args):
+    from explainer.cli import make_cli
+
+    _, ckpt = write_classifier_checkpoint(in_tmp)
+    args = ["fit", "--config", str(repo / "configs/quickstart/explainer.yaml"), *tiny_digits_args,
+            "--model.init_args.classifier", str(ckpt), "--model.init_args.mask_net", "unet",
+            "--model.init_args.mask_net_kwargs", '{"width": 4, "depth": 2}',
+            "--model.init_args.encoder_from_classifier", "false", "--model.init_args.lr", "1e10",
+            "--trainer.max_epochs", "2"]
+    with pytest.raises(FloatingPointError, match=r"non-finite (mask-network weights or buffers|Explainer loss)"):
+        make_cli(args)
+    assert not (in_tmp / "checkpoints" / "quickstart" / "explainer").exists()
+
+
+def test_non_finite_weights_and_buffers_are_named():
+    from torch import nn
+
+    from explainer.modules.guards import non_finite_tensors, stop_if_not_finite
+
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    assert non_finite_tensors(net) == []
+    net[1].running_var[2] = float("inf")
+    with torch.no_grad():
+        net[0].bias[0] = float("nan")
+    assert non_finite_tensors(net) == ["0.bias", "1.running_var"]
+    owner = SimpleNamespace(_trainer=None, global_step=7, current_epoch=1)
+    with pytest.raises(FloatingPointError, match=r"non-finite weights after step 7 \(epoch 1\): 0.bias, 1.running_var"):
+        stop_if_not_finite(owner, net, "weights")

@@ -12,6 +12,7 @@ from torchmetrics.classification import MultilabelAveragePrecision, MultilabelF1
 
 from explainer.classifiers.factory import build_classifier
 from explainer.data.batch import Batch
+from explainer.modules.guards import stop_if_not_finite
 
 
 class ClassifierModule(pl.LightningModule):
@@ -84,6 +85,9 @@ class ClassifierModule(pl.LightningModule):
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")
+
+    def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
+        stop_if_not_finite(self, self.net, "classifier weights or buffers")
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._step(batch, "val")

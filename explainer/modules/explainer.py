@@ -13,6 +13,7 @@ from explainer.classifiers.frozen import FrozenClassifier
 from explainer.data.base import IMAGENET_MEAN, IMAGENET_STD
 from explainer.data.batch import Batch
 from explainer.losses import LossWeights, explainer_loss, target_masks
+from explainer.modules.guards import stop_if_not_finite
 from explainer.nets.masknets import build_mask_net, transfer_class_heads
 
 
@@ -223,6 +224,9 @@ class ExplainerModule(pl.LightningModule):
             )
         self._log_terms(out, "train", len(batch))
         return out["loss"]
+
+    def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
+        stop_if_not_finite(self, self.mask_net, "mask-network weights or buffers")
 
     def validation_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
         out = self.explain_batch(batch)
