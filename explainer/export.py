@@ -173,6 +173,23 @@ class LoadedExplainer(nn.Module):
         """Mask logits ``[B, C, H, W]`` of normalised images."""
         return self.net(images)
 
+    def _check_images(self, images: Any) -> Tensor:
+        return _check_images_of(self, images)
+
+    def _class_indices(self, classes: Any) -> list[int]:
+        out = []
+        for c in classes:
+            if isinstance(c, str):
+                if c not in self.class_names:
+                    raise ValueError(f"unknown class {c!r}; this Explainer knows {self.class_names}")
+                out.append(self.class_names.index(c))
+            elif isinstance(c, int) and 0 <= c < len(self.class_names):
+                out.append(c)
+            else:
+                raise ValueError(f"class {c!r} is neither a class name nor an index in [0, "
+                                 f"{len(self.class_names) - 1}]; the classes are {self.class_names}")
+        return out
+
     @torch.no_grad()
     def explain(self, images: Tensor, classes: Tensor | list[int] | list[str] | None = None) -> Tensor:
         """Per-class masks in ``[0, 1]`` from one forward pass.
@@ -184,9 +201,13 @@ class LoadedExplainer(nn.Module):
 
         Returns:
             The masks.
+
+        Raises:
+            TypeError: ``images`` is not a floating-point tensor (e.g. ``uint8`` pixels).
+            ValueError: a wrong shape, non-finite pixels (NaN or inf would spread through the convolutions
+                into the masks, so they are refused rather than returned), or an unknown class.
         """
-        if images.ndim == 3:
-            images = images.unsqueeze(0)
+        images = self._check_images(images)
         was_training = self.net.training
         self.net.eval()
         masks = torch.sigmoid(self.net(images))
@@ -194,11 +215,35 @@ class LoadedExplainer(nn.Module):
         if classes is None:
             return masks
         if not isinstance(classes, Tensor):
-            idx = [self.class_names.index(c) if isinstance(c, str) else int(c) for c in classes]
-            classes = torch.tensor(idx, device=masks.device).expand(masks.shape[0], -1)
+            classes = torch.tensor(self._class_indices(classes), device=masks.device).expand(masks.shape[0], -1)
+        elif classes.ndim != 2 or classes.shape[0] != masks.shape[0] or classes.is_floating_point():
+            raise ValueError(f"classes as a tensor must be [B, K] integer indices with B = {masks.shape[0]}, got "
+                             f"{classes.dtype} of shape {tuple(classes.shape)}; or pass a list of names or indices")
+        elif bool(((classes < -1) | (classes >= len(self.class_names))).any()):
+            raise ValueError(f"class indices must lie in [-1, {len(self.class_names) - 1}]")
         from explainer.methods.base import gather_classes
 
         return gather_classes(masks, classes.to(masks.device).long())
+
+
+def _check_images_of(model: LoadedExplainer, images: Any) -> Tensor:
+    if not isinstance(images, Tensor):
+        raise TypeError(f"explain() takes a tensor of images, got {type(images).__name__}")
+    if not images.is_floating_point():
+        raise TypeError(
+            f"explain() takes normalised floating-point images, got {images.dtype}: convert pixels with "
+            f"images.float() / 255, then normalise with mean {model.mean} and std {model.std}"
+        )
+    if images.ndim == 3:
+        images = images.unsqueeze(0)
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"explain() takes [B, 3, H, W] or [3, H, W] images, got shape {tuple(images.shape)}")
+    finite = torch.isfinite(images).flatten(1).all(1)
+    if not bool(finite.all()):
+        bad = (~finite).nonzero().flatten().tolist()
+        raise ValueError(f"image(s) {bad[:10]} of the batch hold NaN or inf pixels; their masks would be NaN. "
+                         "Replace those pixels (e.g. torch.nan_to_num) or drop the images")
+    return images
 
 
 def _read_config(folder: Path) -> dict[str, Any]:

@@ -109,3 +109,35 @@ def test_non_finite_weights_and_buffers_are_named():
     owner = SimpleNamespace(_trainer=None, global_step=7, current_epoch=1)
     with pytest.raises(FloatingPointError, match=r"non-finite weights after step 7 \(epoch 1\): 0.bias, 1.running_var"):
         stop_if_not_finite(owner, net, "weights")
+
+
+def test_explain_refuses_bad_input_with_the_fix(module, tmp_path):
+    model = explainer.load(export_explainer(module, tmp_path / "export"))
+    images = torch.randn(3, 3, 32, 32)
+    assert model.explain(images).shape == (3, 10, 32, 32)
+    assert model.explain(images[0], classes=["3", 4]).shape == (1, 2, 32, 32)
+    with pytest.raises(TypeError, match=r"normalised floating-point images, got torch.uint8: convert pixels"):
+        model.explain((images * 50).clamp(0, 255).to(torch.uint8))
+    with pytest.raises(ValueError, match=r"\[B, 3, H, W\] or \[3, H, W\] images, got shape \(3, 1, 32, 32\)"):
+        model.explain(images[:, :1])
+    broken = images.clone()
+    broken[1, 0, 5, 5] = float("nan")
+    with pytest.raises(ValueError, match=r"image\(s\) \[1\] of the batch hold NaN or inf pixels"):
+        model.explain(broken)
+    with pytest.raises(ValueError, match=r"unknown class 'cat'; this Explainer knows \['0', '1'"):
+        model.explain(images, classes=["cat"])
+    with pytest.raises(ValueError, match=r"class 10 is neither a class name nor an index in \[0, 9\]"):
+        model.explain(images, classes=[10])
+    with pytest.raises(ValueError, match=r"class indices must lie in \[-1, 9\]"):
+        model.explain(images, classes=torch.full((3, 1), 12))
+
+
+@pytest.mark.parametrize("limit", ["0", "-5"])
+def test_evaluate_limit_must_be_positive(limit, tmp_path, repo, capsys):
+    from explainer.evaluation.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["--data", str(repo / "configs/data/digits.yaml"), "--classifier", "x.ckpt", "--methods", "centre",
+              "--out", str(tmp_path / "out"), "--limit", limit])
+    assert f"--limit must be a positive number of images, got {limit}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -176,6 +176,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     """Runs the evaluation (see the module docstring); returns the rows."""
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
+    if args.limit is not None and args.limit < 1:
+        parser.error(f"--limit must be a positive number of images, got {args.limit} (leave it out for the "
+                     "whole test split)")
     if args.smooth is not None and (args.smooth < 1 or args.smooth % 2 == 0):
         parser.error(f"--smooth needs a positive odd kernel size, got {args.smooth}")
     if args.protocol is not None and args.metrics not in ("all", "localisation"):
