@@ -15,10 +15,11 @@ from typing import Any
 
 import lightning.pytorch as pl
 from lightning.fabric.utilities.cloud_io import get_filesystem
-from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar
+from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from explainer.checkpoint import check_resume_checkpoint
+from explainer.resume import ReproducibleResume, RunCheckpoint
 
 DEFAULT_RUNS_DIR = "runs"
 
@@ -90,7 +91,7 @@ class ExplainerCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
         parser.link_arguments("data.class_names", "model.init_args.class_names", apply_on="instantiate")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.set_defaults({
             "checkpoint.monitor": "val/loss",
             "checkpoint.mode": "min",
@@ -107,6 +108,8 @@ class ExplainerCLI(LightningCLI):
             isinstance(c, ProgressBar) for c in [*configured, *callbacks]
         ):
             callbacks = [*callbacks, RichProgressBar()]
+        if not any(isinstance(c, ReproducibleResume) for c in [*configured, *callbacks]):
+            callbacks = [*callbacks, ReproducibleResume()]
         return super()._instantiate_trainer(config, callbacks)
 
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+
+import lightning.pytorch as pl
 from torch import nn
 
 from explainer.classifiers.factory import ClassifierNet
@@ -42,3 +46,15 @@ def write_classifier_checkpoint(folder, num_classes: int = 10, backbone: str = "
     ckpt["hyper_parameters"]["_class_path"] = "explainer.modules.ClassifierModule"
     torch.save(ckpt, path)
     return module, path
+
+
+class KillAtStep(pl.Callback):
+    """SIGKILLs its own process when ``global_step`` reaches ``step``, right after that step's checkpoint was
+    written: a run killed from outside at that moment."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)

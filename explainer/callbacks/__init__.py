@@ -2,5 +2,6 @@
 
 from explainer.callbacks.explainer import ExplainerMetrics, ExportExplainer, MaskPanel
 from explainer.callbacks.images import PredictionPanel, log_figure
+from explainer.resume import ReproducibleResume
 
-__all__ = ["ExplainerMetrics", "ExportExplainer", "MaskPanel", "PredictionPanel", "log_figure"]
+__all__ = ["ExplainerMetrics", "ExportExplainer", "MaskPanel", "PredictionPanel", "ReproducibleResume", "log_figure"]

@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from explainer.data.batch import Batch, collate
 from explainer.data.loader import SkipReportingLoader
+from explainer.data.sampling import EpochShuffle, ResumableLoader, run_seed
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -100,16 +101,21 @@ class ExplainerDataModule(pl.LightningDataModule):
         return self.datasets[split]
 
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader[Batch]:
-        return SkipReportingLoader(
-            self._dataset(split),
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
-            collate_fn=collate,
-            drop_last=False,
-        )
+        dataset = self._dataset(split)
+        options = {"batch_size": self.batch_size, "num_workers": self.num_workers, "pin_memory": self.pin_memory,
+                   "persistent_workers": self.num_workers > 0, "collate_fn": collate, "drop_last": False}
+        if shuffle:
+            sampler = EpochShuffle(len(dataset), self.batch_size, run_seed(), completed=self._completed_batches)
+            return ResumableLoader(dataset, sampler, **options)
+        # a generator of its own: creating the loader's iterator draws nothing from the global RNG
+        return SkipReportingLoader(dataset, generator=torch.Generator().manual_seed(run_seed()), **options)
+
+    def _completed_batches(self) -> int:
+        """Batches of the current training epoch already done (a resumed run continues after them)."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0
+        return int(trainer.fit_loop.epoch_loop.batch_progress.current.completed)
 
     def train_dataloader(self) -> DataLoader[Batch]:
         return self._loader("train", shuffle=True)

@@ -1,0 +1,109 @@
+"""A deterministic run killed with SIGKILL at any step and resumed from last.ckpt ends where the uninterrupted one does."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from explainer.data.sampling import EpochShuffle
+from explainer.resume import rng_states, set_rng_states
+from tests.helpers import write_classifier_checkpoint
+
+# 48 training scenes in batches of 8: 6 steps per epoch, 2 epochs
+TINY = ["--seed_everything", "0", "--trainer.deterministic", "true", "--model.init_args.mask_net", "unet",
+        "--model.init_args.mask_net_kwargs", '{"width": 4, "depth": 2}',
+        "--model.init_args.encoder_from_classifier", "false", "--data.init_args.image_size", "32",
+        "--data.init_args.train_scenes", "48", "--data.init_args.val_scenes", "16", "--data.init_args.test_scenes", "8",
+        "--data.init_args.batch_size", "8", "--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false",
+        "--trainer.enable_model_summary", "false", "--checkpoint.save_last", "true",
+        "--checkpoint.every_n_train_steps", "1"]
+STEPS = 12
+
+
+def _train(repo, cwd, out, *extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(repo), "WANDB_MODE": "disabled"}
+    command = [sys.executable, str(repo / "train.py"), "fit", "--config",
+               str(repo / "configs/quickstart/explainer.yaml"), *TINY, "--model.init_args.classifier",
+               str(cwd / "classifier-10.ckpt"), "--trainer.default_root_dir", str(out),
+               "--trainer.logger.init_args.save_dir", str(out), "--trainer.callbacks+=explainer.callbacks.ExportExplainer",
+               "--trainer.callbacks.folder", str(out / "export"), *extra]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _last(out, version: int) -> dict:
+    return torch.load(out / "explainer" / f"version_{version}" / "checkpoints" / "last.ckpt", weights_only=True)
+
+
+def _difference(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a if a[k].numel())
+
+
+@pytest.mark.slow
+def test_kill_and_resume_is_bit_identical(repo, tmp_path):
+    write_classifier_checkpoint(tmp_path)
+    whole = _train(repo, tmp_path, tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    reference = _last(tmp_path / "whole", 0)
+    assert reference["global_step"] == STEPS
+    steps = sorted(random.Random(2026).sample(range(1, STEPS), 4)) + [6]  # random steps, and an epoch's end
+    report = []
+    for kill in steps:
+        out = tmp_path / f"killed_at_{kill}"
+        killed = _train(repo, tmp_path, out, "--trainer.callbacks+=tests.helpers.KillAtStep",
+                        "--trainer.callbacks.step", str(kill))
+        assert killed.returncode == -9, killed.stderr[-3000:]  # SIGKILL
+        assert _last(out, 0)["global_step"] == kill
+        resumed = _train(repo, tmp_path, out, "--ckpt_path", str(out / "explainer/version_0/checkpoints/last.ckpt"))
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        final = _last(out, 1)
+        weights = _difference(reference["state_dict"], final["state_dict"])
+        report.append((kill, weights))
+        assert final["global_step"] == STEPS
+        assert weights == 0.0, f"killed at step {kill}: weights differ by {weights}"
+        moments = [s for s in reference["optimizer_states"][0]["state"].values()]
+        for a, b in zip(moments, final["optimizer_states"][0]["state"].values(), strict=True):
+            assert torch.equal(a["exp_avg"], b["exp_avg"]) and torch.equal(a["exp_avg_sq"], b["exp_avg_sq"])
+        best = [v for k, v in reference["callbacks"].items() if "RunCheckpoint" in k][0]
+        best_resumed = [v for k, v in final["callbacks"].items() if "RunCheckpoint" in k][0]
+        assert float(best_resumed["best_model_score"]) == float(best["best_model_score"])  # val/loss, the same
+        assert "dirpath has changed" not in resumed.stderr
+    print("kill step -> largest weight difference:", report)
+
+
+def test_epoch_shuffle_resumes_after_the_completed_batches():
+    done = {"n": 0}
+    sampler = EpochShuffle(20, 4, seed=3, completed=lambda: done["n"])
+    sampler.set_epoch(2)
+    full = list(sampler)
+    assert sorted(full) == list(range(20)) and full == sampler.permutation(2)
+    done["n"] = 3  # resumed after 3 batches of 4
+    assert list(sampler) == full[12:]
+    sampler.set_epoch(3)
+    done["n"] = 0
+    assert list(sampler) != full and sorted(sampler) == list(range(20))
+    assert EpochShuffle(20, 4, seed=3).permutation(2) == full  # a pure function of (seed, epoch)
+
+
+def test_rng_states_round_trip_through_a_weights_only_checkpoint(tmp_path):
+    import random as python_random
+
+    import numpy as np
+
+    torch.manual_seed(1)
+    np.random.seed(2)
+    python_random.seed(3)
+    states = rng_states()
+    torch.save(states, tmp_path / "rng.pt")
+    expected = (torch.rand(3), np.random.rand(3), python_random.random())
+    torch.manual_seed(9)
+    np.random.seed(9)
+    python_random.seed(9)
+    set_rng_states(torch.load(tmp_path / "rng.pt", weights_only=True))
+    assert torch.equal(torch.rand(3), expected[0])
+    assert np.array_equal(np.random.rand(3), expected[1]) and python_random.random() == expected[2]
