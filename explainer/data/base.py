@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from explainer.data.batch import Batch, collate
 from explainer.data.loader import SkipReportingLoader
-from explainer.data.sampling import EpochShuffle, ResumableLoader, run_seed
+from explainer.data.sampling import EpochShuffle, ResumableLoader, evaluation_sampler, run_seed
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -107,8 +107,10 @@ class ExplainerDataModule(pl.LightningDataModule):
         if shuffle:
             sampler = EpochShuffle(len(dataset), self.batch_size, run_seed(), completed=self._completed_batches)
             return ResumableLoader(dataset, sampler, **options)
-        # a generator of its own: creating the loader's iterator draws nothing from the global RNG
-        return SkipReportingLoader(dataset, generator=torch.Generator().manual_seed(run_seed()), **options)
+        # a generator of its own: creating the loader's iterator draws nothing from the global RNG; under
+        # DDP unpadded shards, so that every sample is scored once
+        return SkipReportingLoader(dataset, sampler=evaluation_sampler(dataset),
+                                   generator=torch.Generator().manual_seed(run_seed()), **options)
 
     def _completed_batches(self) -> int:
         """Batches of the current training epoch already done (a resumed run continues after them)."""

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DistributedSampler, Sampler
 
 from explainer.data.loader import SkipReportingLoader
 
@@ -71,6 +71,34 @@ class EpochShuffle(Sampler[int]):
         return self.length
 
 
+class UnpaddedShards(DistributedSampler):
+    """Validation and test shards under DDP: sample ``i`` goes to rank ``i % world``, each sample once.
+
+    Lightning's default ``DistributedSampler`` pads the last shard by repeating samples, so a split whose
+    size the world size does not divide is scored with duplicates. This subclass (Lightning leaves a
+    ``DistributedSampler`` as it is) yields ``range(rank, n, world)``: shards differ by one sample at most,
+    and the metrics' sum states add up to one process's.
+    """
+
+    def __init__(self, dataset: Any, num_replicas: int, rank: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
+        self.length = len(dataset)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.length, self.num_replicas))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.length, self.num_replicas))
+
+
+def evaluation_sampler(dataset: Any) -> UnpaddedShards | None:
+    """:class:`UnpaddedShards` when a process group of several ranks is running, else None."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return None
+    world = torch.distributed.get_world_size()
+    return UnpaddedShards(dataset, world, torch.distributed.get_rank()) if world > 1 else None
+
+
 class ResumableLoader(SkipReportingLoader):
     """The training loader: an :class:`EpochShuffle` sampler and worker seeds from ``(seed, epoch)``.
 
@@ -98,4 +126,4 @@ class ResumableLoader(SkipReportingLoader):
         sampler.set_epoch(int(state.get("epoch", sampler.epoch)))
 
 
-__all__ = ["EpochShuffle", "ResumableLoader", "run_seed"]
+__all__ = ["EpochShuffle", "ResumableLoader", "UnpaddedShards", "evaluation_sampler", "run_seed"]

@@ -13,6 +13,7 @@ from torchmetrics.classification import MultilabelAveragePrecision, MultilabelF1
 from explainer.classifiers.factory import build_classifier
 from explainer.data.batch import Batch
 from explainer.modules.guards import stop_if_not_finite
+from explainer.modules.stage_means import log_mean
 
 
 class ClassifierModule(pl.LightningModule):
@@ -76,7 +77,7 @@ class ClassifierModule(pl.LightningModule):
                 f"({logits.shape[-1]}) and the data module ({batch.labels.shape[-1]})"
             )
         loss = F.binary_cross_entropy_with_logits(logits, batch.labels)
-        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=len(batch), sync_dist=stage != "train")
+        log_mean(self, f"{stage}/loss", loss, len(batch), prog_bar=True)
         if stage != "train":
             metrics = self.val_metrics if stage == "val" else self.test_metrics
             metrics.update(logits.detach(), batch.labels.long())

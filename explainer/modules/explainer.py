@@ -14,6 +14,7 @@ from explainer.data.base import IMAGENET_MEAN, IMAGENET_STD
 from explainer.data.batch import Batch
 from explainer.losses import LossWeights, explainer_loss, target_masks
 from explainer.modules.guards import stop_if_not_finite
+from explainer.modules.stage_means import log_mean
 from explainer.nets.masknets import build_mask_net, transfer_class_heads
 
 
@@ -206,10 +207,9 @@ class ExplainerModule(pl.LightningModule):
                 "masked_logits": masked_logits, "inverse_logits": inverse_logits, "targets": targets}
 
     def _log_terms(self, out: dict[str, Tensor], stage: str, batch_size: int) -> None:
-        sync = stage != "train"
-        self.log(f"{stage}/loss", out["loss"], prog_bar=True, batch_size=batch_size, sync_dist=sync)
+        log_mean(self, f"{stage}/loss", out["loss"], batch_size, prog_bar=True)
         for name in ("classification", "entropy", "tv", "class_area", "target_area", "nontarget_area"):
-            self.log(f"{stage}/loss_{name}", out[name], batch_size=batch_size, sync_dist=sync)
+            log_mean(self, f"{stage}/loss_{name}", out[name], batch_size)
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         out = self.explain_batch(batch)
