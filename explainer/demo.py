@@ -24,6 +24,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from explainer.atomic import write_atomic
+
 console = Console()
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "quickstart"
 
@@ -148,7 +150,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     summary["stages"]["evaluation"] = time.perf_counter() - start
 
     start = _stage("4/4  summary")
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_atomic(out / "summary.json", json.dumps(summary, indent=2))
 
     table = Table(title="quickstart summary")
     table.add_column("stage / metric")

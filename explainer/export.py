@@ -13,12 +13,9 @@ An export is a folder::
 
 from __future__ import annotations
 
-import contextlib
 import json
-import shutil
-import tempfile
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 import explainer
+from explainer.atomic import replacing_folder
 from explainer.checkpoint import read_checkpoint
 from explainer.nets.masknets import build_mask_net
 from explainer.trust import loading_from
@@ -47,27 +45,6 @@ def check_export_target(folder: Path, overwrite: bool) -> None:
     elif folder.is_dir() and any(folder.iterdir()):
         raise FileExistsError(f"{folder} holds files but no export ({CONFIG_NAME}); an export replaces its folder "
                               "whole, so choose an empty or new folder")
-
-
-@contextlib.contextmanager
-def replacing_folder(folder: Path) -> Iterator[Path]:
-    """Yields a fresh staging folder beside ``folder``; on success it replaces ``folder`` whole (no stale
-    files), by renames; on failure it is removed and ``folder`` is left as it was."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
-    try:
-        yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    old = None
-    if folder.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".old", dir=folder.parent))
-        old.rmdir()
-        folder.rename(old)
-    staging.rename(folder)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def check_finite(state: dict[str, Tensor], what: str) -> None:

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 import explainer
+from explainer.atomic import replacing_folder
 from explainer.classifiers.frozen import FrozenClassifier
 from explainer.nets.prototypes import PrototypeLayer
 
@@ -58,12 +59,14 @@ def export_prototypes(layer: PrototypeLayer, folder: str | Path, class_names: li
         raise ValueError(f"{len(names)} class names for a head of {layer.num_classes} classes")
     counts = (torch.full((layer.num_classes,), layer.prototypes_per_class, dtype=torch.long)
               if num_prototypes is None else num_prototypes.detach().to("cpu", torch.long))
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file({
+    tensors = {
         "prototypes": layer.prototypes.detach().to("cpu", torch.float32).contiguous(),
         "bias": layer.bias.detach().to("cpu", torch.float32).contiguous(),
         "num_prototypes": counts.contiguous(),
-    }, str(folder / WEIGHTS_FILE))
+    }
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ValueError(f"the prototype head has non-finite {', '.join(bad)}; nothing was written")
     config = {
         "format": FORMAT,
         "version": explainer.__version__,
@@ -78,7 +81,12 @@ def export_prototypes(layer: PrototypeLayer, folder: str | Path, class_names: li
         },
         "fit": extra or {},
     }
-    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+    if folder.is_dir() and any(folder.iterdir()) and not (folder / CONFIG_FILE).exists():
+        raise FileExistsError(f"'{folder}' holds files but no export; an export replaces its folder whole, so "
+                              "choose an empty or new folder")
+    with replacing_folder(folder) as staging:  # a new folder renamed into place: no stale files
+        save_file(tensors, str(staging / WEIGHTS_FILE))
+        (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2))
     return folder
 
 

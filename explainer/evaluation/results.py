@@ -12,28 +12,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from explainer.atomic import write_atomic
+
 ROW_KEYS = ("method", "metric", "value", "n", "stderr", "targets")
-
-
-def write_atomic(path: Path, text: str) -> Path:
-    """Writes ``text`` to a temporary file beside ``path``, then renames it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def write_results(rows: list[dict[str, Any]], out: Path, settings: dict[str, Any] | None = None) -> None:
