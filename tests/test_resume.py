@@ -30,8 +30,7 @@ def _train(repo, cwd, out, *extra: str) -> subprocess.CompletedProcess:
     command = [sys.executable, str(repo / "train.py"), "fit", "--config",
                str(repo / "configs/quickstart/explainer.yaml"), *TINY, "--model.init_args.classifier",
                str(cwd / "classifier-10.ckpt"), "--trainer.default_root_dir", str(out),
-               "--trainer.logger.init_args.save_dir", str(out), "--trainer.callbacks+=explainer.callbacks.ExportExplainer",
-               "--trainer.callbacks.folder", str(out / "export"), *extra]
+               "--trainer.logger.init_args.save_dir", str(out), *extra]
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -51,7 +50,7 @@ def test_kill_and_resume_is_bit_identical(repo, tmp_path):
     assert whole.returncode == 0, whole.stderr[-3000:]
     reference = _last(tmp_path / "whole", 0)
     assert reference["global_step"] == STEPS
-    steps = sorted(random.Random(2026).sample(range(1, STEPS), 4)) + [6]  # random steps, and an epoch's end
+    steps = sorted(random.Random(2026).sample([s for s in range(1, STEPS) if s != 6], 4)) + [6]  # and an epoch end
     report = []
     for kill in steps:
         out = tmp_path / f"killed_at_{kill}"
