@@ -1,4 +1,5 @@
-"""Every YAML file under configs/ parses with the CLI (composed with a data or model config if partial)."""
+"""Every YAML file under configs/ parses with the CLI (composed with a data or model config if partial, and an
+overlay with the Explainer config it refines)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,10 @@ def test_there_are_configs():
 def test_config_parses(path, capsys):
     content = yaml.safe_load(path.read_text()) or {}
     args = ["fit"]
-    if "model" not in content:
+    if "class_path" not in (content.get("model") or {"class_path": None}):
+        # an overlay (e.g. quickstart/finetune.yaml): it goes on top of the Explainer config it refines
+        args += ["--config", str(REPO / "configs/quickstart/explainer.yaml")]
+    elif "model" not in content:
         args += ["--config", str(REPO / "configs/model/classifier.yaml")]
     if "data" not in content:
         args += ["--config", str(REPO / "configs/data/digits.yaml")]
