@@ -106,3 +106,28 @@ def test_rng_states_round_trip_through_a_weights_only_checkpoint(tmp_path):
     set_rng_states(torch.load(tmp_path / "rng.pt", weights_only=True))
     assert torch.equal(torch.rand(3), expected[0])
     assert np.array_equal(np.random.rand(3), expected[1]) and python_random.random() == expected[2]
+
+
+def test_the_train_loader_outside_a_fit_yields_the_whole_epoch(tmp_path):
+    import lightning.pytorch as pl
+
+    from explainer.data.digits import DigitScenesDataModule
+    from tests.helpers import tiny_net
+
+    class Tiny(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = tiny_net(10)
+
+        def training_step(self, batch, batch_idx):
+            return self.net(batch.image).mean()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.0)
+
+    dm = DigitScenesDataModule(image_size=32, train_scenes=24, val_scenes=8, batch_size=8)
+    trainer = pl.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_checkpointing=False,
+                         enable_model_summary=False, limit_val_batches=0, default_root_dir=str(tmp_path))
+    trainer.fit(Tiny(), datamodule=dm)
+    assert trainer.fit_loop.epoch_loop.batch_progress.current.completed == 3
+    assert sum(len(b) for b in dm.train_dataloader()) == 24  # after the fit: no batch skipped

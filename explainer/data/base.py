@@ -115,7 +115,7 @@ class ExplainerDataModule(pl.LightningDataModule):
     def _completed_batches(self) -> int:
         """Batches of the current training epoch already done (a resumed run continues after them)."""
         trainer = getattr(self, "trainer", None)
-        if trainer is None:
+        if trainer is None or not trainer.training:  # outside a fit's training loop: the whole epoch
             return 0
         return int(trainer.fit_loop.epoch_loop.batch_progress.current.completed)
 
