@@ -83,6 +83,10 @@ def test_resume_refuses_other_settings_and_a_truncated_file(setup, tmp_path):
         main([*args, "--methods", "centre,uniform", "--resume", "--limit", "6"])
     with pytest.raises(FileExistsError, match="other settings.*targets"):
         main([*args, "--resume", "--targets", "predictions"])
+    with pytest.raises(FileExistsError, match="other settings.*seed"):
+        main([*args, "--resume", "--seed", "5"])
+    with pytest.raises(FileExistsError, match="other settings.*data"):
+        main([*args, "--resume", "--data-arg", "min_digits=2"])
     (tmp_path / "other").mkdir()
     _, other = write_classifier_checkpoint(tmp_path / "other", seed=1)
     with pytest.raises(FileExistsError, match="other settings.*classifier"):
