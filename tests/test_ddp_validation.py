@@ -45,3 +45,20 @@ def test_unpadded_shards_cover_each_sample_once():
     shards = [list(UnpaddedShards(range(13), 3, rank)) for rank in range(3)]
     assert sorted(sum(shards, [])) == list(range(13))
     assert [len(UnpaddedShards(range(13), 3, rank)) for rank in range(3)] == [5, 4, 4]
+
+
+def test_two_process_training_runs_and_exports(repo, tmp_path):
+    # Lightning re-creates the training loader with its distributed sampler: the loader must allow it
+    write_classifier_checkpoint(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(repo), "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, str(repo / "train.py"), "fit", "--config", str(repo / "configs/quickstart/explainer.yaml"),
+               "--model.init_args.classifier", str(tmp_path / "classifier-10.ckpt"), "--model.init_args.mask_net",
+               "unet", "--model.init_args.mask_net_kwargs", '{"width": 4, "depth": 2}',
+               "--model.init_args.encoder_from_classifier", "false", "--data.init_args.image_size", "32",
+               "--data.init_args.train_scenes", "20", "--data.init_args.val_scenes", "7", "--data.init_args.batch_size",
+               "4", "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false",
+               "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"), "--trainer.default_root_dir",
+               str(tmp_path / "runs"), "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
+    run = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert (tmp_path / "checkpoints" / "quickstart" / "explainer" / "config.json").is_file()

@@ -106,7 +106,7 @@ class ExplainerDataModule(pl.LightningDataModule):
                    "persistent_workers": self.num_workers > 0, "collate_fn": collate, "drop_last": False}
         if shuffle:
             sampler = EpochShuffle(len(dataset), self.batch_size, run_seed(), completed=self._completed_batches)
-            return ResumableLoader(dataset, sampler, **options)
+            return ResumableLoader(dataset, sampler=sampler, **options)
         # a generator of its own: creating the loader's iterator draws nothing from the global RNG; under
         # DDP unpadded shards, so that every sample is scored once
         return SkipReportingLoader(dataset, sampler=evaluation_sampler(dataset),
@@ -116,6 +116,8 @@ class ExplainerDataModule(pl.LightningDataModule):
         """Batches of the current training epoch already done (a resumed run continues after them)."""
         trainer = getattr(self, "trainer", None)
         if trainer is None or not trainer.training:  # outside a fit's training loop: the whole epoch
+            return 0
+        if trainer.world_size > 1:  # Lightning's distributed wrapper shards the order: restart the epoch's
             return 0
         return int(trainer.fit_loop.epoch_loop.batch_progress.current.completed)
 

@@ -99,31 +99,45 @@ def evaluation_sampler(dataset: Any) -> UnpaddedShards | None:
     return UnpaddedShards(dataset, world, torch.distributed.get_rank()) if world > 1 else None
 
 
+def _epoch_shuffle(sampler: Any) -> EpochShuffle | None:
+    """The :class:`EpochShuffle` of a loader: its sampler, or the one inside Lightning's distributed wrapper."""
+    for candidate in (sampler, getattr(getattr(sampler, "dataset", None), "_sampler", None)):
+        if isinstance(candidate, EpochShuffle):
+            return candidate
+    return None
+
+
 class ResumableLoader(SkipReportingLoader):
     """The training loader: an :class:`EpochShuffle` sampler and worker seeds from ``(seed, epoch)``.
 
     Its ``state_dict`` is what Lightning stores in the checkpoint (the epoch and the shuffle seed); the
-    position inside the epoch comes from the trainer's own progress when the iteration starts.
+    position inside the epoch comes from the trainer's own progress when the iteration starts. Lightning may
+    re-create it with its distributed wrapper as the sampler (DDP), hence the plain keyword arguments.
     """
 
-    def __init__(self, dataset: Any, sampler: EpochShuffle, **kwargs: Any) -> None:
-        super().__init__(dataset, sampler=sampler, generator=torch.Generator(), **kwargs)
+    def __init__(self, dataset: Any, sampler: Any = None, generator: torch.Generator | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(dataset, sampler=sampler, generator=generator if generator is not None else torch.Generator(),
+                         **kwargs)
 
     def __iter__(self) -> Iterator[Any]:
-        sampler: EpochShuffle = self.sampler  # type: ignore[assignment]
-        self.generator.manual_seed(_mix(sampler.seed, sampler.epoch, 1))
+        order = _epoch_shuffle(self.sampler)
+        if order is not None and self.generator is not None:
+            self.generator.manual_seed(_mix(order.seed, order.epoch, 1))
         yield from super().__iter__()
 
     def state_dict(self) -> dict[str, int]:
-        sampler: EpochShuffle = self.sampler  # type: ignore[assignment]
-        return {"epoch": sampler.epoch, "seed": sampler.seed}
+        order = _epoch_shuffle(self.sampler)
+        return {"epoch": order.epoch, "seed": order.seed} if order is not None else {}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        sampler: EpochShuffle = self.sampler  # type: ignore[assignment]
-        if int(state.get("seed", sampler.seed)) != sampler.seed:
+        order = _epoch_shuffle(self.sampler)
+        if order is None or not state:
+            return
+        if int(state.get("seed", order.seed)) != order.seed:
             raise ValueError(f"the checkpoint was trained with shuffle seed {state['seed']}, this run has "
-                             f"{sampler.seed}: resume with the same --seed_everything")
-        sampler.set_epoch(int(state.get("epoch", sampler.epoch)))
+                             f"{order.seed}: resume with the same --seed_everything")
+        order.set_epoch(int(state.get("epoch", order.epoch)))
 
 
 __all__ = ["EpochShuffle", "ResumableLoader", "UnpaddedShards", "evaluation_sampler", "run_seed"]
