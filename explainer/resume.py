@@ -99,7 +99,8 @@ class RunCheckpoint(ModelCheckpoint):
         if trainer.fast_dev_run or trainer.sanity_checking or trainer.state.fn != "fit":
             return
         candidates = self._monitor_candidates(trainer)
-        if self.monitor in candidates:
+        every = self._every_n_epochs  # 0 when steps or time drive the checkpoints: every validation then
+        if self.monitor in candidates and (every <= 1 or (trainer.current_epoch + 1) % every == 0):
             self._save_topk_checkpoint(trainer, candidates)
         if self.save_last:
             self._save_last_checkpoint(trainer, candidates)

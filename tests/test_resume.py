@@ -131,3 +131,36 @@ def test_the_train_loader_outside_a_fit_yields_the_whole_epoch(tmp_path):
     trainer.fit(Tiny(), datamodule=dm)
     assert trainer.fit_loop.epoch_loop.batch_progress.current.completed == 3
     assert sum(len(b) for b in dm.train_dataloader()) == 24  # after the fit: no batch skipped
+
+
+def test_step_checkpoints_with_a_validation_monitor(repo, in_tmp, tiny_digits_args):
+    from pathlib import Path
+
+    from explainer.cli import make_cli
+
+    # 32 training scenes in batches of 8: 4 steps, then one validation
+    cli = make_cli(["fit", "--config", str(repo / "configs/quickstart/classifier.yaml"), "--model.init_args.backbone",
+                    "tests.helpers:tiny_net", *tiny_digits_args, "--trainer.max_epochs", "1",
+                    "--checkpoint.every_n_train_steps", "1", "--checkpoint.save_last", "true"])
+    checkpoint = cli.trainer.checkpoint_callback
+    best = Path(checkpoint.best_model_path)
+    assert best.name == "best-epoch=00-step=4.ckpt"  # written after the validation, not at a training step
+    assert float(checkpoint.best_model_score) == float(cli.trainer.callback_metrics[checkpoint.monitor])  # fresh
+    last = torch.load(best.parent / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 4
+    assert not list(best.parent.glob("*.partial"))  # written under a temporary name, then renamed
+
+
+def test_last_checkpoint_is_written_before_any_validation(repo, in_tmp, tiny_digits_args):
+    # a run killed before its first validation must still have something to resume from
+    from pathlib import Path
+
+    from explainer.cli import make_cli
+
+    cli = make_cli(["fit", "--config", str(repo / "configs/quickstart/classifier.yaml"), "--model.init_args.backbone",
+                    "tests.helpers:tiny_net", *tiny_digits_args, "--trainer.max_steps", "2",
+                    "--checkpoint.every_n_train_steps", "1", "--checkpoint.save_last", "true"])
+    checkpoint = cli.trainer.checkpoint_callback
+    assert checkpoint.best_model_path == ""  # no validation ran: no best checkpoint, no stale score
+    last = torch.load(Path(checkpoint.last_model_path), weights_only=True)
+    assert last["global_step"] == 2 and "rng" in str(last["callbacks"])
