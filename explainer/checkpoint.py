@@ -63,6 +63,20 @@ def _class_name(path: Any) -> str | None:
     return name if module.split(".")[:2] == ["explainer", "modules"] else None
 
 
+def _class_specs(value: Any, where: str = "") -> list[tuple[str, str]]:
+    """Every nested ``class_path`` / ``init_args`` (what jsonargparse instantiates) below the top level."""
+    found: list[tuple[str, str]] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if where and key in ("class_path", "init_args", "_class_path", "_instantiator"):
+                found.append((where, str(key)))
+            found += _class_specs(item, f"{where}.{key}")
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            found += _class_specs(item, f"{where}[{index}]")
+    return found
+
+
 def check_resume_checkpoint(path: str | Path, model: Any) -> None:
     """Refuses a ``--ckpt_path`` checkpoint that would name code to import, or another module than the config's.
 
@@ -72,6 +86,10 @@ def check_resume_checkpoint(path: str | Path, model: Any) -> None:
     backbone must be the one the config names, registered, or allowed (``EXPLAINER_ALLOW_FACTORIES``).
     """
     hp = read_checkpoint(path).get("hyper_parameters") or {}
+    for where, key in _class_specs(hp):
+        raise ValueError(f"--ckpt_path {path}: hyper_parameters{where} holds a '{key}' entry, which would make the "
+                         "command line build an object of the class it names; a checkpoint may only hold plain "
+                         "values there. Remove the entry or start from the weights with init_from")
     recorded = hp.get("_class_path")
     known = RESTORABLE_MODULES
     if recorded is not None and _class_name(recorded) not in known:

@@ -212,3 +212,29 @@ def test_the_marker_detects_an_import(tmp_path, monkeypatch):
         FrozenClassifier.from_checkpoint(path, allow_factories=[f"{name}:factory"])
     assert marker.read_text() == "imported"
     sys.modules.pop(name, None)
+
+
+def test_train_ckpt_path_with_a_nested_class_spec(evil, tmp_path, repo, tiny_digits_args, in_tmp):
+    # jsonargparse would build any {"class_path": ...} found under a dict-typed hyper-parameter
+    from explainer.cli import make_cli
+
+    name, _ = evil
+    _, path = write_classifier_checkpoint(tmp_path / "c")
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["hyper_parameters"]["class_names"] = [{"class_path": f"{name}.Thing", "init_args": {}}]
+    torch.save(ckpt, path)
+    with pytest.raises(ValueError, match=r"hyper_parameters\.class_names\[0\] holds a 'class_path' entry"):
+        make_cli(["fit", "--config", str(repo / "configs/quickstart/classifier.yaml"), *tiny_digits_args,
+                  "--ckpt_path", str(path)])
+
+
+def test_load_from_checkpoint_treats_the_checkpoint_as_data(evil, tmp_path):
+    from explainer.modules import ClassifierModule
+
+    name, _ = evil
+    path = _classifier_with_backbone(tmp_path / "c", f"{name}:factory")
+    with pytest.raises(UntrustedFactoryError, match=f"'{name}:factory'"):
+        ClassifierModule.load_from_checkpoint(path, weights_only=True)
+    _, honest = write_classifier_checkpoint(tmp_path / "h")
+    loaded = ClassifierModule.load_from_checkpoint(honest, weights_only=True, allow_factories=["tests.helpers:tiny_net"])
+    assert loaded.hparams.num_classes == 10

@@ -12,11 +12,11 @@ from torchmetrics.classification import MultilabelAveragePrecision, MultilabelF1
 
 from explainer.classifiers.factory import build_classifier
 from explainer.data.batch import Batch
-from explainer.modules.guards import stop_if_not_finite
+from explainer.modules.guards import SafeLoading, stop_if_not_finite
 from explainer.modules.stage_means import log_mean
 
 
-class ClassifierModule(pl.LightningModule):
+class ClassifierModule(SafeLoading, pl.LightningModule):
     """Multi-label classification with BCE-with-logits, Adam, and mAP / F1 on validation and test.
 
     Args:

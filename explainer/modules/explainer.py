@@ -13,7 +13,7 @@ from explainer.classifiers.frozen import FrozenClassifier
 from explainer.data.base import IMAGENET_MEAN, IMAGENET_STD
 from explainer.data.batch import Batch
 from explainer.losses import LossWeights, explainer_loss, target_masks
-from explainer.modules.guards import stop_if_not_finite
+from explainer.modules.guards import SafeLoading, stop_if_not_finite
 from explainer.modules.stage_means import log_mean
 from explainer.nets.masknets import build_mask_net, transfer_class_heads
 
@@ -34,7 +34,7 @@ def gaussian_blur(images: Tensor, sigma: float) -> Tensor:
     return F.conv2d(out, kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
 
 
-class ExplainerModule(pl.LightningModule):
+class ExplainerModule(SafeLoading, pl.LightningModule):
     """The Explainer: one forward pass gives a mask per class for a frozen multi-label classifier.
 
     Loss (REFERENCE section 1): classification of the masked image ``m*x`` + ``entropy`` x inverse-image

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from torch import nn
+
+from explainer.trust import loading_from
 
 
 def non_finite_tensors(module: nn.Module) -> list[str]:
@@ -36,4 +40,21 @@ def stop_if_not_finite(lightning_module: pl.LightningModule, trained: nn.Module,
     )
 
 
-__all__ = ["non_finite_tensors", "stop_if_not_finite"]
+
+
+class SafeLoading:
+    """Mixin of the project's LightningModules: ``load_from_checkpoint`` treats the checkpoint as data.
+
+    Lightning rebuilds a module from its checkpoint's hyper-parameters. Here a ``package.module:factory``
+    backbone among them is refused before any import unless registered or allowed
+    (``allow_factories``, ``EXPLAINER_ALLOW_FACTORIES``; see :mod:`explainer.trust`).
+    """
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, allow_factories: Iterable[str] = (),
+                             **kwargs: Any) -> Any:
+        with loading_from(f"the checkpoint {checkpoint_path}", allow_factories):
+            return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)  # type: ignore[misc]
+
+
+__all__ = ["SafeLoading", "non_finite_tensors", "stop_if_not_finite"]

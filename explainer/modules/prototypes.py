@@ -28,13 +28,14 @@ from explainer.classifiers.frozen import FrozenClassifier
 from explainer.data.batch import Batch
 from explainer.export_prototypes import CONFIG_FILE, WEIGHTS_FILE, export_prototypes
 from explainer.metrics.prototypes import PrototypeConsistency, PrototypeStability, prototype_noise
+from explainer.modules.guards import SafeLoading
 from explainer.nets.prototype_fit import LocationReservoir, bottom_k_insert, decompose_class
 from explainer.nets.prototypes import PrototypeLayer, pooled_linear_head
 
 _HASH_KEY = "prototype_classifier_hash"
 
 
-class PrototypeModule(pl.LightningModule):
+class PrototypeModule(SafeLoading, pl.LightningModule):
     """Fits ``k`` part-prototypes per class for a frozen classifier and evaluates them.
 
     Args:
