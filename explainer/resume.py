@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import time
 from pathlib import Path
 from typing import Any
 from weakref import proxy
@@ -74,10 +75,12 @@ class RunCheckpoint(ModelCheckpoint):
     * With a ``monitor``, top-k checkpoints are written only at the end of a validation run, with the score
       that validation just computed; never at a training step, where the last score would belong to older
       weights. So the best checkpoint (and the export made from it) is always a validated one.
-    * ``every_n_train_steps`` then writes ``last.ckpt`` only (with ``save_last``), from the first step on,
-      whether or not a validation has run: a killed run resumes from it.
+    * ``every_n_train_steps`` (or ``train_time_interval``) then writes ``last.ckpt`` only (with
+      ``save_last``; a file of its own also with ``save_last="link"``), from the first step on, whether or
+      not a validation has run: a killed run resumes from it.
     * Every file is written to a temporary name and renamed, so a kill during a write leaves the previous
-      checkpoint intact.
+      checkpoint intact (local files; remote file systems and sharded checkpoint folders are written by
+      Lightning as usual).
     * Resuming from a checkpoint of another run folder keeps that run's best score and best checkpoints
       (Lightning would forget them because the folder changed).
     """
@@ -87,10 +90,26 @@ class RunCheckpoint(ModelCheckpoint):
         if self.monitor is None:
             super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
             return
-        if self._every_n_train_steps < 1 or trainer.global_step % self._every_n_train_steps:
-            return
-        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        due = self._every_n_train_steps >= 1 and trainer.global_step % self._every_n_train_steps == 0
+        interval = self._train_time_interval
+        if interval is not None:
+            now = time.monotonic()
+            elapsed = self._last_time_checked is not None and now - self._last_time_checked >= interval.total_seconds()
+            elapsed = bool(trainer.strategy.broadcast(elapsed))
+            if elapsed or self._last_time_checked is None:
+                self._last_time_checked = now
+            due = due or elapsed
+        if due and self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_file(trainer, self._monitor_candidates(trainer))
+
+    def _save_last_file(self, trainer: pl.Trainer, candidates: dict[str, Any]) -> None:
+        """``last.ckpt`` as a file of its own (also with ``save_last="link"``, whose link would point at the
+        best checkpoint and so at older weights)."""
+        filepath = self.format_checkpoint_name(candidates, self.CHECKPOINT_NAME_LAST)
+        previous, self.last_model_path = self.last_model_path, filepath
+        self._save_checkpoint(trainer, filepath)
+        if previous and previous != filepath and self._should_remove_checkpoint(trainer, previous, filepath):
+            self._remove_checkpoint(trainer, previous)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.monitor is None:
@@ -106,10 +125,18 @@ class RunCheckpoint(ModelCheckpoint):
             self._save_last_checkpoint(trainer, candidates)
 
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        sharded = any(name in type(trainer.strategy).__name__ for name in ("DeepSpeed", "FSDP", "ModelParallel"))
+        if "://" in str(filepath) or sharded:  # remote file systems and checkpoint folders: Lightning's own write
+            super()._save_checkpoint(trainer, filepath)
+            return
         temporary = f"{filepath}.partial"
-        trainer.save_checkpoint(temporary, self.save_weights_only)
-        if trainer.is_global_zero:
-            os.replace(temporary, filepath)
+        try:
+            trainer.save_checkpoint(temporary, self.save_weights_only)
+            if trainer.is_global_zero:
+                os.replace(temporary, filepath)
+        finally:
+            if trainer.is_global_zero and os.path.exists(temporary):
+                os.remove(temporary)
         trainer.strategy.barrier("RunCheckpoint._save_checkpoint")
         self._last_global_step_saved = trainer.global_step
         self._last_checkpoint_saved = filepath

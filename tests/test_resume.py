@@ -151,7 +151,8 @@ def test_step_checkpoints_with_a_validation_monitor(repo, in_tmp, tiny_digits_ar
     assert not list(best.parent.glob("*.partial"))  # written under a temporary name, then renamed
 
 
-def test_last_checkpoint_is_written_before_any_validation(repo, in_tmp, tiny_digits_args):
+@pytest.mark.parametrize("save_last", ["true", "link"])
+def test_last_checkpoint_is_written_before_any_validation(repo, in_tmp, tiny_digits_args, save_last):
     # a run killed before its first validation must still have something to resume from
     from pathlib import Path
 
@@ -159,8 +160,9 @@ def test_last_checkpoint_is_written_before_any_validation(repo, in_tmp, tiny_dig
 
     cli = make_cli(["fit", "--config", str(repo / "configs/quickstart/classifier.yaml"), "--model.init_args.backbone",
                     "tests.helpers:tiny_net", *tiny_digits_args, "--trainer.max_steps", "2",
-                    "--checkpoint.every_n_train_steps", "1", "--checkpoint.save_last", "true"])
+                    "--checkpoint.every_n_train_steps", "1", "--checkpoint.save_last", save_last])
     checkpoint = cli.trainer.checkpoint_callback
     assert checkpoint.best_model_path == ""  # no validation ran: no best checkpoint, no stale score
+    assert not Path(checkpoint.last_model_path).is_symlink()
     last = torch.load(Path(checkpoint.last_model_path), weights_only=True)
     assert last["global_step"] == 2 and "rng" in str(last["callbacks"])
