@@ -18,6 +18,7 @@ def write_atomic(path: Path, text: str) -> Path:
     """Writes ``text`` to a temporary file beside ``path``, then renames it over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.chmod(temporary, 0o666 & ~_umask())  # the permissions of a plain open(), not mkstemp's 0600
     try:
         with os.fdopen(handle, "w") as stream:
             stream.write(text)
@@ -38,6 +39,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
     os.close(handle)
+    os.chmod(temporary, 0o666 & ~_umask())
     try:
         yield Path(temporary)
         os.replace(temporary, path)
@@ -50,21 +52,41 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 def replacing_folder(folder: Path) -> Iterator[Path]:
     """Yields a fresh staging folder beside ``folder``; on success it replaces ``folder`` whole (no stale
     files), by renames; on failure it is removed and ``folder`` is left as it was."""
+    folder = Path(os.path.abspath(folder))  # '.', relative paths and symlinked parents alike
+    here = Path(os.path.abspath(os.getcwd()))
+    if folder.parent == folder or not folder.name or folder == here or folder in here.parents:
+        raise ValueError(f"cannot replace {folder} whole (it is or holds the working directory): choose a folder "
+                         "below it")
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    os.chmod(staging, 0o777 & ~_umask())  # the permissions of a plain mkdir, not mkdtemp's 0700
     try:
         yield staging
+        old = None
+        if folder.exists() or folder.is_symlink():
+            old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".old", dir=folder.parent))
+            old.rmdir()
+            folder.rename(old)
+        try:
+            staging.rename(folder)
+        except BaseException:
+            if old is not None:  # put the earlier folder back
+                old.rename(folder)
+            raise
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    old = None
-    if folder.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".old", dir=folder.parent))
-        old.rmdir()
-        folder.rename(old)
-    staging.rename(folder)
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        if old.is_symlink():
+            old.unlink()
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 __all__ = ["atomic_path", "replacing_folder", "write_atomic"]

@@ -81,9 +81,15 @@ def export_prototypes(layer: PrototypeLayer, folder: str | Path, class_names: li
         },
         "fit": extra or {},
     }
-    if folder.is_dir() and any(folder.iterdir()) and not (folder / CONFIG_FILE).exists():
-        raise FileExistsError(f"'{folder}' holds files but no export; an export replaces its folder whole, so "
-                              "choose an empty or new folder")
+    if folder.is_dir() and any(folder.iterdir()):
+        try:
+            found = json.loads((folder / CONFIG_FILE).read_text()).get("format")
+        except (OSError, ValueError, UnicodeDecodeError, AttributeError):
+            found = None
+        others = sorted(p.name for p in folder.iterdir() if p.name not in (CONFIG_FILE, WEIGHTS_FILE))
+        if found != FORMAT or others:
+            raise FileExistsError(f"'{folder}' is not only a prototype export (it holds {others[:5] or 'no export'}); "
+                                  "an export replaces its folder whole, so choose an empty or new folder")
     with replacing_folder(folder) as staging:  # a new folder renamed into place: no stale files
         save_file(tensors, str(staging / WEIGHTS_FILE))
         (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2))

@@ -141,3 +141,37 @@ def test_evaluate_limit_must_be_positive(limit, tmp_path, repo, capsys):
               "--out", str(tmp_path / "out"), "--limit", limit])
     assert f"--limit must be a positive number of images, got {limit}" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_replacing_folder_refuses_the_working_directory_and_keeps_usual_permissions(in_tmp):
+    import os
+    from pathlib import Path
+
+    from explainer.atomic import replacing_folder, write_atomic
+
+    for target in (".", ".."):
+        with pytest.raises(ValueError, match="working directory"):
+            with replacing_folder(Path(target)):
+                pass
+    assert list(in_tmp.iterdir()) == []  # nothing staged, nothing replaced
+    with replacing_folder(Path("out")) as staging:
+        (staging / "a.txt").write_text("1")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert os.stat("out").st_mode & 0o777 == 0o777 & ~mask
+    assert os.stat(write_atomic(Path("f.txt"), "x")).st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_only_a_genuine_export_is_replaced(module, tmp_path):
+    import json
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"architectures": ["Bert"]}))  # somebody else's model folder
+    with pytest.raises(FileExistsError, match="is not only an Explainer export"):
+        export_explainer(module, folder, overwrite=True)
+    export = export_explainer(module, tmp_path / "export")
+    (export / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match=r"it also holds \['notes.txt'\]"):
+        export_explainer(module, export, overwrite=True)
+    assert (export / "notes.txt").read_text() == "mine"
