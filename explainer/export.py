@@ -26,6 +26,7 @@ from torch import Tensor, nn
 import explainer
 from explainer.atomic import replacing_folder
 from explainer.checkpoint import read_checkpoint
+from explainer.data.base import IMAGENET_MEAN, IMAGENET_STD
 from explainer.nets.masknets import build_mask_net
 from explainer.trust import loading_from
 
@@ -294,7 +295,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu", *,
     net.load_state_dict(state)
     config = {
         "format": FORMAT, "class_names": class_names, "num_classes": len(class_names), "mask_net": spec,
-        "normalization": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+        "normalization": hp.get("_normalization") or {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
         "classifier": {"reference": hp.get("classifier"), "sha256": hp.get("classifier_hash")},
         "targets": hp.get("targets", "labels"), "fill": hp.get("fill", "mean"),
     }
@@ -309,7 +310,19 @@ def _checkpoint_mask_net(path: Path) -> tuple[dict[str, Tensor], list[str], dict
     prefix = "mask_net."
     state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     names = hp.get("class_names") or [str(i) for i in range(int(hp["num_classes"]))]
+    hp = {**hp, "_normalization": _normalization_of(ckpt)}
     return state, list(names), {"name": hp["mask_net"], "kwargs": dict(hp.get("mask_net_kwargs") or {})}, hp
+
+
+def _normalization_of(ckpt: dict[str, Any]) -> dict[str, list[float]] | None:
+    """The image normalisation a checkpoint was trained with (None for checkpoints that predate it)."""
+    norm = ckpt.get("normalization")
+    if not isinstance(norm, dict):
+        return None
+    mean, std = norm.get("mean"), norm.get("std")
+    if not (isinstance(mean, list) and isinstance(std, list) and len(mean) == len(std) == 3):
+        return None
+    return {"mean": [float(m) for m in mean], "std": [float(v) for v in std]}
 
 
 def read_mask_net_state(source: str | Path) -> tuple[dict[str, Tensor], list[str], dict[str, Any]]:

@@ -175,3 +175,17 @@ def test_only_a_genuine_export_is_replaced(module, tmp_path):
     with pytest.raises(FileExistsError, match=r"it also holds \['notes.txt'\]"):
         export_explainer(module, export, overwrite=True)
     assert (export / "notes.txt").read_text() == "mine"
+
+
+def test_a_checkpoint_loads_with_the_normalisation_it_was_trained_with(module, tmp_path):
+    import lightning.pytorch as pl
+
+    module.norm_mean.fill_(0.5)
+    module.norm_std.fill_(0.25)
+    trainer = pl.Trainer(max_steps=0, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         default_root_dir=str(tmp_path))
+    trainer.strategy.connect(module)
+    trainer.save_checkpoint(tmp_path / "explainer.ckpt", weights_only=False)
+    loaded = explainer.load(tmp_path / "explainer.ckpt")
+    assert loaded.mean == (0.5, 0.5, 0.5) and loaded.std == (0.25, 0.25, 0.25)
+    assert explainer.load(export_explainer(module, tmp_path / "export")).mean == (0.5, 0.5, 0.5)

@@ -247,6 +247,8 @@ class ExplainerModule(SafeLoading, pl.LightningModule):
     # -- checkpoints hold the mask network only -------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("classifier.")}
+        # the normalisation the images were trained with (the buffers are not persistent)
+        checkpoint["normalization"] = {"mean": self.norm_mean.flatten().tolist(), "std": self.norm_std.flatten().tolist()}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         stored = checkpoint.get("hyper_parameters", {})
