@@ -189,3 +189,30 @@ def test_a_checkpoint_loads_with_the_normalisation_it_was_trained_with(module, t
     loaded = explainer.load(tmp_path / "explainer.ckpt")
     assert loaded.mean == (0.5, 0.5, 0.5) and loaded.std == (0.25, 0.25, 0.25)
     assert explainer.load(export_explainer(module, tmp_path / "export")).mean == (0.5, 0.5, 0.5)
+
+
+def test_the_readme_fine_tune_recipe_for_another_architecture(repo, in_tmp, tiny_digits_args):
+    # the README's command: explainer.yaml + finetune.yaml, a resnet18 classifier instead of the quickstart one
+    import lightning.pytorch as pl
+
+    from explainer.cli import make_cli
+    from explainer.modules import ClassifierModule
+
+    _, quickstart = write_classifier_checkpoint(in_tmp / "qs")
+    source = ExplainerModule(str(quickstart), mask_net="classifier_unet",
+                             mask_net_kwargs={"backbone": "digitnet", "width": 32})
+    export = export_explainer(source, in_tmp / "checkpoints" / "quickstart" / "explainer")
+    before = {p.name: p.read_bytes() for p in export.iterdir()}
+    torch.manual_seed(0)
+    other = ClassifierModule(backbone="resnet18", num_classes=10, class_names=[str(i) for i in range(10)])
+    trainer = pl.Trainer(max_steps=0, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         default_root_dir=str(in_tmp))
+    trainer.strategy.connect(other)
+    trainer.save_checkpoint(in_tmp / "my_classifier.ckpt", weights_only=False)
+    make_cli(["fit", "--config", str(repo / "configs/quickstart/explainer.yaml"), "--config",
+              str(repo / "configs/quickstart/finetune.yaml"), "--model.init_args.classifier", "my_classifier.ckpt",
+              *tiny_digits_args, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2"])
+    tuned = explainer.load(in_tmp / "checkpoints" / "finetuned" / "explainer")
+    assert tuned.explain(torch.randn(2, 3, 32, 32)).shape == (2, 10, 32, 32)
+    assert tuned.config["classifier"]["reference"] == "my_classifier.ckpt"
+    assert {p.name: p.read_bytes() for p in export.iterdir()} == before  # the source export is untouched
