@@ -7,6 +7,7 @@ target and renamed over it, so a killed process never leaves a truncated file un
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -83,10 +84,35 @@ def replacing_folder(folder: Path) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
 
 
+def check_replaceable(folder: Path, config_name: str, fmt: str, files: frozenset[str], overwrite: bool,
+                      what: str) -> None:
+    """Refuses to write an export of kind ``what`` into ``folder`` when that would replace an export (without
+    ``overwrite``) or anything that is not one: a folder is only replaced whole when its ``config_name``
+    declares format ``fmt`` and it holds nothing beyond ``files``. An empty or missing folder is fine."""
+    if folder.exists() and not folder.is_dir():
+        raise FileExistsError(f"{folder} is a file; choose a folder for the {what}")
+    if not folder.is_dir() or not any(folder.iterdir()):
+        return
+    if not (folder / config_name).exists():
+        raise FileExistsError(f"{folder} holds files but no export ({config_name}); an export replaces its folder "
+                              "whole, so choose an empty or new folder")
+    try:
+        found = json.loads((folder / config_name).read_text()).get("format")
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        found = None
+    others = sorted(p.name for p in folder.iterdir() if p.name not in files)
+    if found != fmt or others:
+        why = f"its {config_name} is not an {what}" if found != fmt else f"it also holds {others[:5]}"
+        raise FileExistsError(f"{folder} is not only an {what} ({why}); an export replaces its folder whole, so "
+                              "choose another folder")
+    if not overwrite:
+        raise FileExistsError(f"{folder / config_name} exists; pass overwrite=True or choose another folder")
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
 
 
-__all__ = ["atomic_path", "replacing_folder", "write_atomic"]
+__all__ = ["atomic_path", "check_replaceable", "replacing_folder", "write_atomic"]

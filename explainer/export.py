@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 import explainer
-from explainer.atomic import replacing_folder
+from explainer.atomic import check_replaceable, replacing_folder
 from explainer.checkpoint import read_checkpoint
 from explainer.data.base import IMAGENET_MEAN, IMAGENET_STD
 from explainer.nets.masknets import build_mask_net
@@ -41,26 +41,8 @@ EXPORT_FILES = frozenset({CONFIG_NAME, WEIGHTS_NAME, "examples.png", "model.ts"}
 
 def check_export_target(folder: Path, overwrite: bool) -> None:
     """Refuses to export into ``folder`` when that would replace an export (without ``overwrite``) or files
-    that are not an export (a folder is only replaced whole when it holds an export of this library and
-    nothing else)."""
-    if folder.exists() and not folder.is_dir():
-        raise FileExistsError(f"{folder} is a file; choose a folder for the export")
-    if not folder.is_dir() or not any(folder.iterdir()):
-        return
-    if not (folder / CONFIG_NAME).exists():
-        raise FileExistsError(f"{folder} holds files but no export ({CONFIG_NAME}); an export replaces its folder "
-                              "whole, so choose an empty or new folder")
-    try:
-        found = json.loads((folder / CONFIG_NAME).read_text()).get("format")
-    except (ValueError, UnicodeDecodeError, AttributeError):
-        found = None
-    others = sorted(p.name for p in folder.iterdir() if p.name not in EXPORT_FILES)
-    if found != FORMAT or others:
-        why = f"its {CONFIG_NAME} is not an Explainer export" if found != FORMAT else f"it also holds {others[:5]}"
-        raise FileExistsError(f"{folder} is not only an Explainer export ({why}); an export replaces its folder "
-                              "whole, so choose another folder")
-    if not overwrite:
-        raise FileExistsError(f"{folder / CONFIG_NAME} exists; pass overwrite=True or choose another folder")
+    that are not an export (see :func:`~explainer.atomic.check_replaceable`)."""
+    check_replaceable(folder, CONFIG_NAME, FORMAT, EXPORT_FILES, overwrite, "Explainer export")
 
 
 def check_finite(state: dict[str, Tensor], what: str) -> None:

@@ -23,8 +23,9 @@ import torch
 from torch import Tensor
 
 import explainer
-from explainer.atomic import replacing_folder
+from explainer.atomic import check_replaceable, replacing_folder
 from explainer.classifiers.frozen import FrozenClassifier
+from explainer.export import check_finite
 from explainer.nets.prototypes import PrototypeLayer
 
 FORMAT = "explainer-prototypes"
@@ -64,9 +65,7 @@ def export_prototypes(layer: PrototypeLayer, folder: str | Path, class_names: li
         "bias": layer.bias.detach().to("cpu", torch.float32).contiguous(),
         "num_prototypes": counts.contiguous(),
     }
-    bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-    if bad:
-        raise ValueError(f"the prototype head has non-finite {', '.join(bad)}; nothing was written")
+    check_finite(tensors, "the prototype head")
     config = {
         "format": FORMAT,
         "version": explainer.__version__,
@@ -81,15 +80,7 @@ def export_prototypes(layer: PrototypeLayer, folder: str | Path, class_names: li
         },
         "fit": extra or {},
     }
-    if folder.is_dir() and any(folder.iterdir()):
-        try:
-            found = json.loads((folder / CONFIG_FILE).read_text()).get("format")
-        except (OSError, ValueError, UnicodeDecodeError, AttributeError):
-            found = None
-        others = sorted(p.name for p in folder.iterdir() if p.name not in (CONFIG_FILE, WEIGHTS_FILE))
-        if found != FORMAT or others:
-            raise FileExistsError(f"'{folder}' is not only a prototype export (it holds {others[:5] or 'no export'}); "
-                                  "an export replaces its folder whole, so choose an empty or new folder")
+    check_replaceable(folder, CONFIG_FILE, FORMAT, frozenset({CONFIG_FILE, WEIGHTS_FILE}), True, "prototype export")
     with replacing_folder(folder) as staging:  # a new folder renamed into place: no stale files
         save_file(tensors, str(staging / WEIGHTS_FILE))
         (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2))

@@ -18,7 +18,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-from torch.utils.data import DistributedSampler, Sampler
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import Sampler
 
 from explainer.data.loader import SkipReportingLoader
 
@@ -71,24 +72,17 @@ class EpochShuffle(Sampler[int]):
         return self.length
 
 
-class UnpaddedShards(DistributedSampler):
+class UnpaddedShards(UnrepeatedDistributedSampler):
     """Validation and test shards under DDP: sample ``i`` goes to rank ``i % world``, each sample once.
 
     Lightning's default ``DistributedSampler`` pads the last shard by repeating samples, so a split whose
-    size the world size does not divide is scored with duplicates. This subclass (Lightning leaves a
-    ``DistributedSampler`` as it is) yields ``range(rank, n, world)``: shards differ by one sample at most,
-    and the metrics' sum states add up to one process's.
+    size the world size does not divide is scored with duplicates. Lightning's own unpadded sampler (which it
+    uses for prediction, and leaves in place as a ``DistributedSampler``) in split order: shards differ by one
+    sample at most, and the metrics' sum states add up to one process's.
     """
 
     def __init__(self, dataset: Any, num_replicas: int, rank: int) -> None:
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
-        self.length = len(dataset)
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(range(self.rank, self.length, self.num_replicas))
-
-    def __len__(self) -> int:
-        return len(range(self.rank, self.length, self.num_replicas))
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
 
 
 def evaluation_sampler(dataset: Any) -> UnpaddedShards | None:
