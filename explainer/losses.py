@@ -61,6 +61,26 @@ def class_area_loss(logits: Tensor, targets: Tensor, min_area: float = 0.05, max
     return (per_class * targets[present]).sum() / batch
 
 
+def classification_loss(masked_logits: Tensor, targets: Tensor, activation: str = "sigmoid") -> Tensor:
+    """How well the classifier still finds the targets in the masked image.
+
+    ``sigmoid`` (a multi-label classifier, the paper's loss): mean binary cross-entropy over all classes.
+    ``softmax`` (a single-label classifier): cross-entropy of the softmax on the target class; an image with
+    several targets takes the mean over them (soft targets ``y / sum(y)``), and an image without targets
+    adds nothing (the mean runs over images with targets).
+    """
+    if activation == "sigmoid":
+        return F.binary_cross_entropy_with_logits(masked_logits, targets)
+    if activation != "softmax":
+        raise ValueError(f"unknown classifier activation {activation!r}; expected 'sigmoid' or 'softmax'")
+    counts = targets.sum(1)
+    has = counts > 0
+    if not bool(has.any()):
+        return masked_logits.sum() * 0.0
+    soft = targets[has] / counts[has, None]
+    return -(soft * torch.log_softmax(masked_logits[has], dim=1)).sum(1).mean()
+
+
 @dataclass
 class LossWeights:
     """Coefficients of the loss terms (the paper's names in brackets).
@@ -92,6 +112,7 @@ def explainer_loss(
     target_mask: Tensor,
     nontarget_mask: Tensor,
     weights: LossWeights,
+    activation: str = "sigmoid",
 ) -> dict[str, Tensor]:
     """The full loss and its terms.
 
@@ -103,13 +124,15 @@ def explainer_loss(
         target_mask: ``m`` ``[B, 1, H, W]``.
         nontarget_mask: ``n`` ``[B, 1, H, W]``.
         weights: the coefficients.
+        activation: the classifier's (:func:`classification_loss`): ``sigmoid`` gives the paper's BCE,
+            ``softmax`` cross-entropy on the target class; the other terms are the same for both.
 
     Returns:
         ``loss`` and each unweighted term: ``classification``, ``entropy``, ``tv``, ``class_area``,
         ``target_area``, ``nontarget_area``.
     """
     terms = {
-        "classification": F.binary_cross_entropy_with_logits(masked_logits, targets),
+        "classification": classification_loss(masked_logits, targets, activation),
         "entropy": inverse_entropy_loss(inverse_logits),
         "tv": total_variation(target_mask) + total_variation(nontarget_mask),
         "class_area": class_area_loss(mask_logits, targets, weights.min_area, weights.max_area),

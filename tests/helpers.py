@@ -24,7 +24,7 @@ def opaque_net(num_classes: int) -> nn.Module:
 
 
 def write_classifier_checkpoint(folder, num_classes: int = 10, backbone: str = "tests.helpers:tiny_net",
-                                seed: int = 0):
+                                seed: int = 0, class_names=None):
     """Writes a ClassifierModule checkpoint (random weights) as train.py would; returns (module, path)."""
     import lightning.pytorch as pl
     import torch
@@ -33,7 +33,7 @@ def write_classifier_checkpoint(folder, num_classes: int = 10, backbone: str = "
 
     torch.manual_seed(seed)
     module = ClassifierModule(backbone=backbone, num_classes=num_classes,
-                              class_names=[str(i) for i in range(num_classes)])
+                              class_names=class_names or [str(i) for i in range(num_classes)])
     with torch.no_grad():  # non-trivial BatchNorm statistics
         module.train()(torch.randn(16, 3, 32, 32) * 2 + 0.5)
     module.eval()

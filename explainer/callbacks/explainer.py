@@ -96,7 +96,7 @@ class ExplainerMetrics(pl.Callback):
             inputs = StepInputs(batch.image, maps, unit_maps(maps, unit_range=True), classes, batch, targets)
             for name in groups:
                 m[name].update(*SPECS[name].arguments(inputs))
-        m["classification"].update(torch.sigmoid(outputs["masked_logits"]), targets.long())
+        m["classification"].update(pl_module.classifier.probabilities(outputs["masked_logits"]), targets.long())
         m["target_area"].update(outputs["target_mask"].flatten(1).mean(1))
         m["nontarget_area"].update(outputs["nontarget_mask"].flatten(1).mean(1))
         m["inverse_entropy"].update(_entropy(outputs["inverse_logits"]))

@@ -115,30 +115,40 @@ def digitnet_local(num_classes: int, width: int = 32) -> ClassifierNet:
     return ClassifierNet(features, nn.Linear(4 * w, num_classes), name="digitnet_local")
 
 
-def _replace_last_linear(seq: nn.Sequential, num_classes: int) -> nn.Sequential:
+def _replace_last_linear(seq: nn.Sequential, num_classes: int | None) -> nn.Sequential:
+    if num_classes is None:  # keep the model's own head
+        return seq
     layers = list(seq.children())
     idx = max(i for i, m in enumerate(layers) if isinstance(m, nn.Linear))
     layers[idx] = nn.Linear(layers[idx].in_features, num_classes)
     return nn.Sequential(*layers)
 
 
-def _from_torchvision(name: str, num_classes: int, weights: str | None) -> ClassifierNet:
+def _linear(layer: nn.Linear, num_classes: int | None) -> nn.Linear:
+    return layer if num_classes is None else nn.Linear(layer.in_features, num_classes)
+
+
+def _from_torchvision(name: str, num_classes: int | None, weights: str | None, model: nn.Module | None = None
+                      ) -> ClassifierNet:
+    """Splits a torchvision model into features / pool / head: a fresh ``num_classes`` head, or (with
+    ``num_classes=None``) the model's own head. ``model`` is the model to split (built here when None)."""
     import torchvision
 
-    model = torchvision.models.get_model(name, weights=weights)
+    if model is None:
+        model = torchvision.models.get_model(name, weights=weights)
     if hasattr(model, "fc") and hasattr(model, "layer4"):  # resnet, resnext, wide_resnet
         features = nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool,
                                  model.layer1, model.layer2, model.layer3, model.layer4)
-        return ClassifierNet(features, nn.Linear(model.fc.in_features, num_classes), model.avgpool, name)
+        return ClassifierNet(features, _linear(model.fc, num_classes), model.avgpool, name)
     if name.startswith(("vgg", "alexnet")):  # the paper's head: 7x7 pooled features, 25088-4096-4096-C
         return ClassifierNet(model.features, _replace_last_linear(model.classifier, num_classes), model.avgpool, name)
     if name.startswith("densenet"):
         features = nn.Sequential(model.features, nn.ReLU(inplace=False))
-        return ClassifierNet(features, nn.Linear(model.classifier.in_features, num_classes), None, name)
+        return ClassifierNet(features, _linear(model.classifier, num_classes), None, name)
     if name.startswith(("mobilenet", "efficientnet", "convnext", "regnet", "mnasnet")):
         if hasattr(model, "trunk_output"):  # regnet
             features = nn.Sequential(model.stem, model.trunk_output)
-            return ClassifierNet(features, nn.Linear(model.fc.in_features, num_classes), model.avgpool, name)
+            return ClassifierNet(features, _linear(model.fc, num_classes), model.avgpool, name)
         pool = getattr(model, "avgpool", None)
         head = model.classifier if isinstance(model.classifier, nn.Sequential) else nn.Sequential(model.classifier)
         if name.startswith("mnasnet"):
@@ -171,14 +181,21 @@ class _TimmHead(nn.Module):
 
 
 def _from_timm(name: str, num_classes: int) -> ClassifierNet:
+    return _split_timm(_timm_model(name, num_classes), name)
+
+
+def _timm_model(name: str, num_classes: int) -> nn.Module:
     import timm
 
-    model = timm.create_model(name, pretrained=False, num_classes=num_classes)
+    return timm.create_model(name, pretrained=False, num_classes=num_classes)
+
+
+def _split_timm(model: nn.Module, name: str) -> ClassifierNet:
     # timm pools inside forward_head
     return ClassifierNet(_TimmFeatures(model), _TimmHead(model), nn.Identity(), name=f"timm/{name}", flatten=False)
 
 
-def _from_callable(spec: str, num_classes: int) -> ClassifierNet:
+def _call_factory(spec: str, num_classes: int) -> nn.Module:
     registered = registered_factory(spec)
     if registered is not None:
         factory: Callable[..., nn.Module] = registered
@@ -190,13 +207,78 @@ def _from_callable(spec: str, num_classes: int) -> ClassifierNet:
         except (ImportError, AttributeError) as err:
             raise ValueError(f"cannot import classifier factory '{spec}': {err}") from err
     model = factory(num_classes=num_classes)
-    if isinstance(model, ClassifierNet):
-        return model
     if not isinstance(model, nn.Module):
         raise TypeError(f"classifier factory '{spec}' returned {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def _split_user_model(model: nn.Module, spec: str) -> ClassifierNet:
+    if isinstance(model, ClassifierNet):
+        return model
     if hasattr(model, "features") and hasattr(model, "head"):
         return ClassifierNet(model.features, model.head, getattr(model, "pool", None), name=spec)
     return ClassifierNet(None, model, None, name=spec)
+
+
+def _from_callable(spec: str, num_classes: int) -> ClassifierNet:
+    return _split_user_model(_call_factory(spec, num_classes), spec)
+
+
+def _is_torchvision(name: str) -> bool:
+    import torchvision
+
+    return name in torchvision.models.list_models(module=torchvision.models)
+
+
+def build_architecture(name: str, num_classes: int | None, weights: str | None = None
+                       ) -> tuple[nn.Module, ClassifierNet, list[str] | None]:
+    """An architecture with its own ``num_classes`` head, to load trained weights into.
+
+    Args:
+        name: as for :func:`build_classifier`.
+        num_classes: the head size; ``None`` only with a torchvision ``weights`` name (its own head).
+        weights: a torchvision weights name (``IMAGENET1K_V1``; downloaded once), or ``None``.
+
+    Returns:
+        ``(model, split, class_names)``: the model as its own code builds it (a user's ``state_dict`` file
+        matches its keys), the same modules as a :class:`ClassifierNet`, and the class names the weights
+        carry (torchvision's categories) or ``None``.
+    """
+    if weights is not None:
+        if not _is_torchvision(name):
+            raise ValueError(f"a weights name ({weights!r}) is a torchvision name and '{name}' is not a torchvision "
+                             "model; give a .pt / .pth / .safetensors file instead")
+        import torchvision
+
+        enum = torchvision.models.get_model_weights(name)
+        try:
+            resolved = enum[weights] if weights in enum.__members__ else enum.verify(weights)
+        except (KeyError, ValueError) as err:
+            raise ValueError(f"unknown weights {weights!r} for {name}; choose one of "
+                             f"{', '.join(enum.__members__)}") from err
+        model = torchvision.models.get_model(name, weights=resolved)
+        names = resolved.meta.get("categories")
+        return model, _from_torchvision(name, None, None, model), list(names) if names else None
+    if num_classes is None or num_classes < 1:
+        raise ValueError(f"the architecture '{name}' needs a class count >= 1, got {num_classes}")
+    if name in ("digitnet", "digitnet_local"):
+        net = digitnet(num_classes) if name == "digitnet" else digitnet_local(num_classes)
+        return net, net, None
+    if ":" in name or registered_factory(name) is not None:
+        model = _call_factory(name, num_classes)
+        return model, _split_user_model(model, name), None
+    timm_name = name[5:] if name.startswith("timm/") else None
+    if timm_name is None and _is_torchvision(name):
+        import torchvision
+
+        model = torchvision.models.get_model(name, num_classes=num_classes)
+        return model, _from_torchvision(name, None, None, model), None
+    if importlib.util.find_spec("timm") is None:
+        raise ValueError(f"unknown classifier architecture '{name}': not digitnet / digitnet_local, a torchvision "
+                         "model (torchvision.models.list_models()), a registered name or a package.module:factory; "
+                         "timm is not installed for timm names")
+    model = _timm_model(timm_name or name, num_classes)
+    return model, _split_timm(model, timm_name or name), None
 
 
 def build_classifier(name: str, num_classes: int, weights: str | None = None) -> ClassifierNet:
@@ -230,9 +312,7 @@ def build_classifier(name: str, num_classes: int, weights: str | None = None) ->
     elif name.startswith("timm/"):
         net = _from_timm(name[5:], num_classes)
     else:
-        import torchvision
-
-        if name in torchvision.models.list_models(module=torchvision.models):
+        if _is_torchvision(name):
             net = _from_torchvision(name, num_classes, None if path_weights else weights)
         elif importlib.util.find_spec("timm") is not None:
             net = _from_timm(name, num_classes)

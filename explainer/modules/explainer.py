@@ -7,15 +7,45 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from explainer.classifiers.frozen import FrozenClassifier
+from explainer.classifiers.source import ClassifierSpec, load_classifier
 from explainer.data.base import IMAGENET_MEAN, IMAGENET_STD
 from explainer.data.batch import Batch
 from explainer.losses import LossWeights, explainer_loss, target_masks
 from explainer.modules.guards import SafeLoading, stop_if_not_finite
 from explainer.modules.stage_means import log_mean
 from explainer.nets.masknets import build_mask_net, transfer_class_heads
+
+
+def classifier_hparams(given: Any, frozen: FrozenClassifier) -> str | dict[str, Any]:
+    """What the hyper-parameters record of the classifier: its options as given (plain data), or, for a
+    model passed in memory, its class name and adapter options (loading such a checkpoint needs the model
+    again: ``load_from_checkpoint(path, classifier=model)``)."""
+    if isinstance(given, str):
+        return given
+    if isinstance(given, FrozenClassifier):
+        options = {k: v for k, v in given.adapter.to_config().items() if v is not None}
+        return {"source": frozen.reference, **options}
+    return ClassifierSpec.parse(given).to_hparams()
+
+
+def check_class_names(classifier: FrozenClassifier, class_names: list[str] | None, num_classes: int) -> None:
+    """The data module's classes against the classifier's: the count, and the names where both have names."""
+    own = classifier.class_names
+    if own is not None and class_names is not None and list(own) != list(class_names):
+        raise ValueError(
+            f"the classifier '{classifier.reference}' and the data module name their classes differently.\n"
+            f"  classifier ({len(own)}): {list(own)}\n  data ({len(class_names)}): {list(class_names)}\n"
+            "Give the data module the classifier's classes in its order, or set the classifier option class_names")
+    try:
+        count = classifier.num_classes
+    except AttributeError:  # known once it runs: checked on the first batch
+        return
+    if count != num_classes:
+        raise ValueError(f"class-count mismatch: the classifier '{classifier.reference}' has {count} classes but "
+                         f"the data module has {num_classes}")
 
 
 def gaussian_blur(images: Tensor, sigma: float) -> Tensor:
@@ -44,7 +74,12 @@ class ExplainerModule(SafeLoading, pl.LightningModule):
     (they keep its path and content hash; loading checks the hash).
 
     Args:
-        classifier: path of the ``ClassifierModule`` checkpoint to explain.
+        classifier: the classifier to explain (:mod:`explainer.classifiers.source`): a ``ClassifierModule``
+            checkpoint path; a dict of classifier options (``source`` = an architecture name, a
+            ``package.module:factory``, a TorchScript or ``.pt2`` file; ``weights``; ``output``, ``returns``,
+            ``activation``, ``mean``, ``std``, ``input_size``, ``class_names``, ``allow_partial_weights``); or,
+            in Python, an ``nn.Module`` or a ``FrozenClassifier``. A single-label (``activation: softmax``)
+            classifier is explained with cross-entropy on the target class instead of the paper's BCE.
         num_classes: number of classes (linked from the data module; must equal the classifier's).
         class_names: class names (linked from the data module).
         mask_net: mask-network name (``unet``, ``deeplabv3_resnet50``, ...; see ``build_mask_net``).
@@ -78,7 +113,7 @@ class ExplainerModule(SafeLoading, pl.LightningModule):
 
     def __init__(
         self,
-        classifier: str,
+        classifier: str | dict[str, Any] | nn.Module,
         num_classes: int = 10,
         class_names: list[str] | None = None,
         mask_net: str = "unet",
@@ -107,22 +142,25 @@ class ExplainerModule(SafeLoading, pl.LightningModule):
             raise ValueError(f"{len(class_names)} class names given for num_classes={num_classes}")
         if not 0 <= min_area <= max_area <= 1:
             raise ValueError(f"need 0 <= min_area <= max_area <= 1, got {min_area}, {max_area}")
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["classifier"])
+        cells = 1 if protocol in (None, "gridpg") else grid_size**2
+        if num_classes % cells:
+            raise ValueError(f"num_classes={num_classes} is not a multiple of the {cells} cells of {protocol}")
+        base = load_classifier(classifier, num_classes=num_classes // cells)
+        self.hparams.classifier = classifier_hparams(classifier, base)
         if protocol is None:
-            self.classifier = FrozenClassifier.from_checkpoint(classifier, num_classes=num_classes)
+            check_class_names(base, class_names, num_classes)
+            self.classifier = base
         else:
             from explainer.classifiers.protocols import wrap_for_protocol
 
-            cells = 1 if protocol == "gridpg" else grid_size**2
-            if num_classes % cells:
-                raise ValueError(f"num_classes={num_classes} is not a multiple of the {cells} cells of {protocol}")
-            base = FrozenClassifier.from_checkpoint(classifier, num_classes=num_classes // cells)
             self.classifier = wrap_for_protocol(base, protocol, grid_size)
+        reference = self.classifier.reference
         if not any(True for _ in self.classifier.parameters()):
-            raise ValueError(f"the classifier '{classifier}' has no parameters; it cannot be explained")
+            raise ValueError(f"the classifier '{reference}' has no parameters; it cannot be explained")
         if classifier_hash is not None and classifier_hash != self.classifier.content_hash:
             raise ValueError(
-                f"the classifier '{classifier}' is not the one this Explainer was trained for: its weights hash "
+                f"the classifier '{reference}' is not the one this Explainer was trained for: its weights hash "
                 f"{self.classifier.content_hash[:12]}... differs from the recorded {classifier_hash[:12]}..."
             )
         self.hparams.classifier_hash = self.classifier.content_hash
@@ -157,6 +195,7 @@ class ExplainerModule(SafeLoading, pl.LightningModule):
         if dm is not None and hasattr(dm, "mean"):
             self.norm_mean.copy_(torch.tensor(dm.mean).view(1, 3, 1, 1))
             self.norm_std.copy_(torch.tensor(dm.std).view(1, 3, 1, 1))
+        self.classifier.set_data_normalization(self.norm_mean.flatten().tolist(), self.norm_std.flatten().tolist())
 
     # -- the forward pass ---------------------------------------------------------------------------------
     def forward(self, images: Tensor) -> Tensor:
@@ -176,17 +215,14 @@ class ExplainerModule(SafeLoading, pl.LightningModule):
         if self.hparams.targets == "labels":
             return batch.labels
         with torch.no_grad():
-            probs = torch.sigmoid(self.classifier(batch.image))
+            logits = self.classifier(batch.image)
+        if self.classifier.activation == "softmax":  # a single-label classifier predicts its top class
+            return F.one_hot(logits.argmax(1), logits.shape[1]).to(batch.labels.dtype)
+        probs = torch.sigmoid(logits)
         return (probs > self.hparams.prediction_threshold).to(batch.labels.dtype)
 
     def _check_classifier(self, batch: Batch) -> None:
-        with torch.no_grad():
-            out = self.classifier(batch.image[:1])
-        if out.ndim != 2 or out.shape[1] != self.hparams.num_classes:
-            raise ValueError(
-                f"the classifier '{self.hparams.classifier}' returns shape {tuple(out.shape)} for one image; "
-                f"an Explainer needs logits of shape (1, {self.hparams.num_classes})"
-            )
+        self.classifier.verify(batch.image, num_classes=int(self.hparams.num_classes))
         self._checked_classifier = True
 
     def explain_batch(self, batch: Batch) -> dict[str, Tensor]:
@@ -202,7 +238,7 @@ class ExplainerModule(SafeLoading, pl.LightningModule):
         inverse = (1 - target_mask) * images + target_mask * fill
         masked_logits, inverse_logits = self.classifier(torch.cat([masked, inverse])).chunk(2)
         terms = explainer_loss(mask_logits, targets, masked_logits, inverse_logits, target_mask, nontarget_mask,
-                               self.weights)
+                               self.weights, activation=self.classifier.activation)
         return {**terms, "mask_logits": mask_logits, "target_mask": target_mask, "nontarget_mask": nontarget_mask,
                 "masked_logits": masked_logits, "inverse_logits": inverse_logits, "targets": targets}
 
@@ -227,6 +263,16 @@ class ExplainerModule(SafeLoading, pl.LightningModule):
 
     def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
         stop_if_not_finite(self, self.mask_net, "mask-network weights or buffers")
+
+    def on_fit_end(self) -> None:
+        """The freeze, checked: the classifier's weights and buffers hash as they did before training."""
+        from explainer.classifiers.frozen import state_hash
+
+        now = state_hash(self.classifier.net)
+        if now != self.hparams.classifier_hash:
+            raise RuntimeError(f"the classifier '{self.classifier.reference}' changed during training (weights hash "
+                               f"{now[:12]}... instead of {self.hparams.classifier_hash[:12]}...): nothing may update "
+                               "it; the Explainer trained against a moving target")
 
     def validation_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
         out = self.explain_batch(batch)
@@ -261,7 +307,7 @@ class ExplainerModule(SafeLoading, pl.LightningModule):
         if recorded and recorded != self.classifier.content_hash:
             raise ValueError(
                 "the Explainer checkpoint was trained for another classifier (weights hash "
-                f"{recorded[:12]}...), not '{self.hparams.classifier}' ({self.classifier.content_hash[:12]}...)"
+                f"{recorded[:12]}...), not '{self.classifier.reference}' ({self.classifier.content_hash[:12]}...)"
             )
         state = checkpoint["state_dict"]
         for key, value in self.classifier.state_dict().items():

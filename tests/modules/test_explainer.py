@@ -110,8 +110,8 @@ def test_export_then_load_in_a_fresh_process_reproduces_masks(classifier_ckpt, t
 def test_fine_tuning_keeps_shared_class_rows_and_reinitialises_new_ones(classifier_ckpt, tmp_path):
     module = ExplainerModule(str(classifier_ckpt), **MASK_NET)
     folder = export_explainer(module, tmp_path / "export")
-    _, other_ckpt = write_classifier_checkpoint(tmp_path, num_classes=4, seed=1)
     names = ["3", "new_a", "7", "new_b"]
+    _, other_ckpt = write_classifier_checkpoint(tmp_path, num_classes=4, seed=1, class_names=names)
     tuned = ExplainerModule(str(other_ckpt), num_classes=4, class_names=names, init_from=str(folder), **MASK_NET)
     old_w, new_w = module.mask_net.head.weight, tuned.mask_net.head.weight
     torch.testing.assert_close(new_w[0], old_w[3])
@@ -134,7 +134,7 @@ def test_a_classifier_with_the_wrong_output_shape_fails_at_start(tmp_path, monke
     module = ExplainerModule(str(ckpt), **MASK_NET)
     monkeypatch.setattr(module.classifier, "forward", lambda x: torch.zeros(x.shape[0], 3, 2))
     trainer = _trainer(tmp_path)
-    with pytest.raises(ValueError, match="returns shape"):
+    with pytest.raises(ValueError, match=r"gives \(2, 3, 2\).*class scores \[B, C\].*option output"):
         trainer.fit(module, datamodule=_dm())
     assert trainer.global_step == 0
 
