@@ -106,7 +106,8 @@ def export_explainer(
             "std": list(std if std is not None else module.norm_std.flatten().tolist()),
         },
         "input_size": list(input_size) if input_size is not None else None,
-        "classifier": {"reference": str(hp.classifier), "sha256": module.classifier.content_hash},
+        "classifier": {"reference": module.classifier.reference, "spec": hp.classifier,
+                       "sha256": module.classifier.content_hash, "adapter": module.classifier.adapter.to_config()},
         "targets": hp.targets,
         "fill": hp.fill,
         "loss_weights": {k: float(getattr(hp, k)) for k in

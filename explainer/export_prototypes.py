@@ -25,8 +25,10 @@ from torch import Tensor
 import explainer
 from explainer.atomic import check_replaceable, replacing_folder
 from explainer.classifiers.frozen import FrozenClassifier
+from explainer.classifiers.source import load_classifier
 from explainer.export import check_finite
 from explainer.nets.prototypes import PrototypeLayer
+from explainer.trust import loading_from
 
 FORMAT = "explainer-prototypes"
 WEIGHTS_FILE = "model.safetensors"
@@ -35,7 +37,8 @@ CONFIG_FILE = "config.json"
 
 def export_prototypes(layer: PrototypeLayer, folder: str | Path, class_names: list[str] | None,
                       classifier: FrozenClassifier, num_prototypes: Tensor | None = None,
-                      extra: dict[str, Any] | None = None, overwrite: bool = False) -> Path:
+                      extra: dict[str, Any] | None = None, overwrite: bool = False,
+                      classifier_spec: Any = None) -> Path:
     """Writes a fitted prototype head to ``folder``.
 
     Args:
@@ -46,6 +49,8 @@ def export_prototypes(layer: PrototypeLayer, folder: str | Path, class_names: li
         num_prototypes: ``[C]`` real prototypes per class (default: all ``k``).
         extra: more JSON-serialisable facts to record under ``"fit"`` (settings, timings).
         overwrite: replace an existing export.
+        classifier_spec: the classifier options it was built from (plain data, recorded to load it again;
+            default: its reference).
 
     Returns:
         The folder.
@@ -75,6 +80,7 @@ def export_prototypes(layer: PrototypeLayer, folder: str | Path, class_names: li
         "feature_dim": layer.feature_dim,
         "classifier": {
             "reference": classifier.reference,
+            "spec": classifier_spec if classifier_spec is not None else classifier.reference,
             "content_hash": classifier.content_hash,
             "backbone": getattr(classifier.net, "name", ""),
         },
@@ -124,7 +130,8 @@ def load_prototype_classifier(folder: str | Path, classifier: str | Path | None 
 
     Args:
         folder: the export folder.
-        classifier: the classifier checkpoint (default: the reference recorded in ``config.json``).
+        classifier: the classifier (a checkpoint path, classifier options or an ``nn.Module``; default: the one
+            recorded in ``config.json``, whose ``package.module:factory`` names are refused unless allowed).
 
     Returns:
         ``(classifier, layer, config)``.
@@ -133,8 +140,9 @@ def load_prototype_classifier(folder: str | Path, classifier: str | Path | None 
         ValueError: the classifier's weights differ from the ones the head was fitted to.
     """
     layer, config = load_prototypes(folder)
-    path = classifier if classifier is not None else config["classifier"]["reference"]
-    frozen = FrozenClassifier.from_checkpoint(path, num_classes=config["num_classes"])
+    path = classifier if classifier is not None else config["classifier"].get("spec") or config["classifier"]["reference"]
+    with loading_from(f"the prototype export {Path(folder) / CONFIG_FILE}"):
+        frozen = load_classifier(path, num_classes=config["num_classes"])
     expected = config["classifier"]["content_hash"]
     if frozen.content_hash != expected:
         raise ValueError(

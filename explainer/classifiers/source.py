@@ -266,6 +266,9 @@ def load_classifier(spec: Any, num_classes: int | None = None, *, allow_factorie
                                 adapter=spec.adapter(), num_classes=len(spec.class_names) if spec.class_names else None)
     if not isinstance(source, str) or not source:
         raise TypeError(f"classifier source must be a non-empty string or an nn.Module, got {source!r}")
+    if source.startswith(IN_MEMORY):
+        raise ValueError(f"this was trained for a classifier passed in memory ({source}); pass that model again, "
+                         "e.g. ExplainerModule.load_from_checkpoint(path, classifier=model)")
     path = Path(source)
     if path.is_dir():
         raise ValueError(f"classifier '{source}' is a folder; name a checkpoint, TorchScript or .pt2 file, or an "
@@ -409,6 +412,37 @@ def _from_name(spec: ClassifierSpec, num_classes: int | None) -> Any:
                             num_classes=len(class_names) if class_names else count)
 
 
+def classifier_hparams(given: Any, frozen: Any) -> str | dict[str, Any]:
+    """What the hyper-parameters record of the classifier: its options as given (plain data), or, for a
+    model passed in memory, its class name and adapter options (loading such a checkpoint needs the model
+    again: ``load_from_checkpoint(path, classifier=model)``)."""
+    if isinstance(given, str):
+        return given
+    from explainer.classifiers.frozen import FrozenClassifier
+
+    if isinstance(given, FrozenClassifier):
+        options = {k: v for k, v in given.adapter.to_config().items() if v is not None}
+        return {"source": frozen.reference, **options}
+    return ClassifierSpec.parse(given).to_hparams()
+
+
+def check_class_names(classifier: Any, class_names: list[str] | None, num_classes: int) -> None:
+    """The data module's classes against the classifier's: the count, and the names where both have names."""
+    own = classifier.class_names
+    if own is not None and class_names is not None and list(own) != list(class_names):
+        raise ValueError(
+            f"the classifier '{classifier.reference}' and the data module name their classes differently.\n"
+            f"  classifier ({len(own)}): {list(own)}\n  data ({len(class_names)}): {list(class_names)}\n"
+            "Give the data module the classifier's classes in its order, or set the classifier option class_names")
+    try:
+        count = classifier.num_classes
+    except AttributeError:  # known once it runs: checked on the first batch
+        return
+    if count != num_classes:
+        raise ValueError(f"class-count mismatch: the classifier '{classifier.reference}' has {count} classes but "
+                         f"the data module has {num_classes}")
+
+
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """The tensors of a state-dict file (safetensors, or a ``torch.save`` file read weights-only; a checkpoint's
     ``state_dict`` entry is taken)."""
@@ -483,5 +517,6 @@ def load_weights(path: str | Path, candidates: Sequence[nn.Module], allow_partia
     return matched
 
 
-__all__ = ["ACTIVATIONS", "RETURNS", "ClassifierSpec", "ExportedClassifier", "OutputAdapter", "file_kind",
+__all__ = ["ACTIVATIONS", "RETURNS", "ClassifierSpec", "ExportedClassifier", "OutputAdapter", "check_class_names",
+           "classifier_hparams",            "file_kind",
            "load_classifier", "load_weights", "read_state_dict"]

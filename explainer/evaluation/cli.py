@@ -45,9 +45,9 @@ from lightning.pytorch.cli import LightningArgumentParser
 from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 from rich.console import Console
 
-from explainer.classifiers import FrozenClassifier
 from explainer.classifiers.frozen import state_hash
 from explainer.classifiers.protocols import PROTOCOLS, wrap_for_protocol
+from explainer.classifiers.source import ClassifierSpec, check_class_names, load_classifier
 from explainer.cli import default_logger
 from explainer.data.grid import GridDataModule
 from explainer.evaluation.plan import make_plan, parse_layers, parse_methods
@@ -59,6 +59,20 @@ TRAINER_FORCED = {"inference_mode": False, "use_distributed_sampler": False}
 """Trainer options the evaluation needs: gradient methods need autograd, and ranks get unpadded shards."""
 
 
+def classifier_options(source: str, options: list[str]) -> str | dict[str, Any]:
+    """The classifier spec of ``--classifier`` and its ``--classifier-option KEY=VALUE`` list (YAML values)."""
+    if not options:
+        return source
+    spec: dict[str, Any] = {"source": source}
+    for item in options:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--classifier-option takes KEY=VALUE, got {item!r}")
+        spec[key.strip()] = yaml.safe_load(value)
+    ClassifierSpec.parse(spec)  # names unknown keys
+    return spec
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``evaluate.py`` (the ``--trainer.*`` options are parsed by :func:`build_trainer`)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -66,7 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     add = parser.add_argument
     add("--data", required=True, help="data config YAML (data: {class_path, init_args}), as for train.py")
     add("--data-arg", action="append", default=[], help="data init arg override key=value")
-    add("--classifier", required=True, help="ClassifierModule checkpoint")
+    add("--classifier", required=True,
+        help="the classifier: a ClassifierModule checkpoint, a TorchScript or .pt2 file, or an architecture name / "
+             "package.module:factory with --classifier-option weights=FILE")
+    add("--classifier-option", action="append", default=[], metavar="KEY=VALUE",
+        help="a classifier option (YAML value): weights, output, returns, activation, mean, std, input_size, "
+             "class_names, allow_partial_weights; e.g. returns=probabilities or mean=[0.5,0.5,0.5]")
     add("--methods", required=True, help="comma-separated methods, e.g. explainer=<path>,rise")
     add("--option", action="append", default=[], help="method option, e.g. rise.num_masks=1000")
     add("--metrics", default="all", help=f"'all' or a comma list of {', '.join(METRIC_GROUPS)}")
@@ -197,8 +216,17 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                                   pointing_tolerance=args.pointing_tolerance, difficult_list=args.difficult_list,
                                   insertion_step=args.insertion_step, tie_order=args.tie_order,
                                   saliency_mode=args.saliency_mode)
-    classifier = FrozenClassifier.from_checkpoint(args.classifier, num_classes=datamodule.num_classes)
-    record = {"classifier": str(args.classifier), "classifier_sha256": state_hash(classifier), "data": spec,
+    try:
+        classifier_spec = classifier_options(args.classifier, args.classifier_option)
+    except ValueError as error:
+        parser.error(str(error))
+    if args.protocol is not None and not isinstance(classifier_spec, str):
+        parser.error("--protocol wraps a ClassifierModule checkpoint; --classifier-option does not apply to it")
+    classifier = load_classifier(classifier_spec, num_classes=datamodule.num_classes)
+    check_class_names(classifier, getattr(datamodule, "class_names", None), datamodule.num_classes)
+    if hasattr(datamodule, "mean"):
+        classifier.set_data_normalization(datamodule.mean, datamodule.std)
+    record = {"classifier": classifier_spec, "classifier_sha256": state_hash(classifier), "data": spec,
               "metrics": metrics, "targets": args.targets, "limit": args.limit, "seed": args.seed,
               "pointing_tolerance": args.pointing_tolerance or "per image (15 px, or 15/224 of the shorter side)",
               "difficult": f"list {args.difficult_list}" if args.difficult_list else "coverage rule",

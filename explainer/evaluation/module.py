@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Subset
 
+from explainer.classifiers.frozen import FrozenClassifier
 from explainer.data.batch import Batch, collate
 from explainer.data.grid import grid_targets
 from explainer.data.loader import SkipReportingLoader
@@ -122,6 +123,8 @@ class AttributionEvaluation(pl.LightningModule):
         else:
             first = self._first_batch()
             names, source, has_boxes = self.settings.metrics, ground_truth_source(first), first.boxes is not None
+            if isinstance(self.classifier, FrozenClassifier):  # the outputs, the gradients, the freeze
+                self.classifier.verify(first.image.to(next(self.classifier.parameters()).device), self.num_classes)
         context = SuiteContext(self.classifier, self.num_classes, source, self.settings, self.grid_size)
         for name, metric in build_suite(names, context, has_boxes).items():
             self.metrics[name] = metric
@@ -135,7 +138,10 @@ class AttributionEvaluation(pl.LightningModule):
         if self.settings.targets == "predictions":
             with torch.no_grad():
                 logits = self.classifier(batch.image)
-            targets = (torch.sigmoid(logits.float()) > self.settings.prediction_threshold).to(batch.image.dtype)
+            if getattr(self.classifier, "activation", "sigmoid") == "softmax":  # single-label: its top class
+                targets = torch.nn.functional.one_hot(logits.argmax(1), logits.shape[1]).to(batch.image.dtype)
+            else:
+                targets = (torch.sigmoid(logits.float()) > self.settings.prediction_threshold).to(batch.image.dtype)
         return targets, present_classes(targets), None
 
     def _attribute(self, images: Tensor, classes: Tensor, batch: Batch) -> Tensor:

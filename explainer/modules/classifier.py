@@ -6,12 +6,12 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
-import torch.nn.functional as F
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MultilabelAveragePrecision, MultilabelF1Score
 
 from explainer.classifiers.factory import build_classifier
 from explainer.data.batch import Batch
+from explainer.losses import classification_loss
 from explainer.modules.guards import SafeLoading, stop_if_not_finite
 from explainer.modules.stage_means import log_mean
 
@@ -29,6 +29,9 @@ class ClassifierModule(SafeLoading, pl.LightningModule):
         lr: Adam learning rate (the peak rate with ``scheduler="onecycle"``).
         weight_decay: Adam weight decay.
         scheduler: ``none`` (the paper's constant rate), ``onecycle`` or ``cosine`` over the whole run.
+        activation: ``sigmoid``, a multi-label classifier trained with BCE (the paper's), or ``softmax``, a
+            single-label classifier trained with cross-entropy (for data with one label per image; the
+            Explainer then uses the softmax objective).
     """
 
     def __init__(
@@ -41,6 +44,7 @@ class ClassifierModule(SafeLoading, pl.LightningModule):
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         scheduler: Literal["none", "onecycle", "cosine"] = "none",
+        activation: Literal["sigmoid", "softmax"] = "sigmoid",
     ) -> None:
         super().__init__()
         if class_names is not None and len(class_names) != num_classes:
@@ -76,7 +80,7 @@ class ClassifierModule(SafeLoading, pl.LightningModule):
                 f"{tuple(batch.labels.shape)}: class-count mismatch between the model "
                 f"({logits.shape[-1]}) and the data module ({batch.labels.shape[-1]})"
             )
-        loss = F.binary_cross_entropy_with_logits(logits, batch.labels)
+        loss = classification_loss(logits, batch.labels, self.hparams.activation)
         log_mean(self, f"{stage}/loss", loss, len(batch), prog_bar=True)
         if stage != "train":
             metrics = self.val_metrics if stage == "val" else self.test_metrics
@@ -97,7 +101,8 @@ class ClassifierModule(SafeLoading, pl.LightningModule):
         self._step(batch, "test")
 
     def predict_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        return torch.sigmoid(self(batch.image))
+        logits = self(batch.image)
+        return torch.softmax(logits, 1) if self.hparams.activation == "softmax" else torch.sigmoid(logits)
 
     def configure_optimizers(self) -> Any:
         params = [p for p in self.parameters() if p.requires_grad]

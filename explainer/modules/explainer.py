@@ -9,43 +9,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from explainer.classifiers.frozen import FrozenClassifier
-from explainer.classifiers.source import ClassifierSpec, load_classifier
+from explainer.classifiers.source import check_class_names, classifier_hparams, load_classifier
 from explainer.data.base import IMAGENET_MEAN, IMAGENET_STD
 from explainer.data.batch import Batch
 from explainer.losses import LossWeights, explainer_loss, target_masks
 from explainer.modules.guards import SafeLoading, stop_if_not_finite
 from explainer.modules.stage_means import log_mean
 from explainer.nets.masknets import build_mask_net, transfer_class_heads
-
-
-def classifier_hparams(given: Any, frozen: FrozenClassifier) -> str | dict[str, Any]:
-    """What the hyper-parameters record of the classifier: its options as given (plain data), or, for a
-    model passed in memory, its class name and adapter options (loading such a checkpoint needs the model
-    again: ``load_from_checkpoint(path, classifier=model)``)."""
-    if isinstance(given, str):
-        return given
-    if isinstance(given, FrozenClassifier):
-        options = {k: v for k, v in given.adapter.to_config().items() if v is not None}
-        return {"source": frozen.reference, **options}
-    return ClassifierSpec.parse(given).to_hparams()
-
-
-def check_class_names(classifier: FrozenClassifier, class_names: list[str] | None, num_classes: int) -> None:
-    """The data module's classes against the classifier's: the count, and the names where both have names."""
-    own = classifier.class_names
-    if own is not None and class_names is not None and list(own) != list(class_names):
-        raise ValueError(
-            f"the classifier '{classifier.reference}' and the data module name their classes differently.\n"
-            f"  classifier ({len(own)}): {list(own)}\n  data ({len(class_names)}): {list(class_names)}\n"
-            "Give the data module the classifier's classes in its order, or set the classifier option class_names")
-    try:
-        count = classifier.num_classes
-    except AttributeError:  # known once it runs: checked on the first batch
-        return
-    if count != num_classes:
-        raise ValueError(f"class-count mismatch: the classifier '{classifier.reference}' has {count} classes but "
-                         f"the data module has {num_classes}")
 
 
 def gaussian_blur(images: Tensor, sigma: float) -> Tensor:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from explainer.classifiers.frozen import FrozenClassifier
+from explainer.classifiers.source import check_class_names, classifier_hparams, load_classifier
 from explainer.data.batch import Batch
 from explainer.export_prototypes import CONFIG_FILE, WEIGHTS_FILE, export_prototypes
 from explainer.metrics.prototypes import PrototypeConsistency, PrototypeStability, prototype_noise
@@ -39,8 +39,10 @@ class PrototypeModule(SafeLoading, pl.LightningModule):
     """Fits ``k`` part-prototypes per class for a frozen classifier and evaluates them.
 
     Args:
-        classifier: path of a :class:`~explainer.modules.classifier.ClassifierModule` checkpoint; its head
-            must be one linear layer over globally average-pooled non-negative features.
+        classifier: the classifier (as for :class:`~explainer.modules.ExplainerModule`: a ``ClassifierModule``
+            checkpoint, a dict of classifier options naming an architecture or factory and its weights, or
+            an ``nn.Module``); it needs a features / head split, and its head must be one linear layer over
+            globally average-pooled non-negative features (TorchScript and ``.pt2`` programs have no split).
         num_classes: number of classes (linked from the data module by ``train.py``).
         class_names: class names (linked from the data module).
         prototypes_per_class: ``k``.
@@ -68,7 +70,7 @@ class PrototypeModule(SafeLoading, pl.LightningModule):
 
     def __init__(
         self,
-        classifier: str,
+        classifier: str | dict[str, Any] | nn.Module,
         num_classes: int = 10,
         class_names: list[str] | None = None,
         prototypes_per_class: int = 5,
@@ -94,9 +96,11 @@ class PrototypeModule(SafeLoading, pl.LightningModule):
             raise ValueError(f"prototypes_per_class must be >= 1, got {prototypes_per_class}")
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class names given for num_classes={num_classes}")
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["classifier"])
         self.automatic_optimization = False
-        self.classifier = FrozenClassifier.from_checkpoint(classifier, num_classes=num_classes)
+        self.classifier = load_classifier(classifier, num_classes=num_classes)
+        self.hparams.classifier = classifier_hparams(classifier, self.classifier)
+        check_class_names(self.classifier, class_names, num_classes)
         weight, bias = pooled_linear_head(self.classifier)
         self.layer = PrototypeLayer(num_classes, prototypes_per_class, weight.shape[1], weight, bias)
         self.register_buffer("num_prototypes", torch.full((num_classes,), prototypes_per_class, dtype=torch.long))
@@ -285,7 +289,8 @@ class PrototypeModule(SafeLoading, pl.LightningModule):
         extra = {k: hp[k] for k in keys}
         extra.update({k: v for k, v in self.fit_summary.items() if k != "locations_offered_per_class"})
         return export_prototypes(self.layer, folder, hp.class_names, self.classifier,
-                                 num_prototypes=self.num_prototypes, extra=extra, overwrite=overwrite)
+                                 num_prototypes=self.num_prototypes, extra=extra, overwrite=overwrite,
+                                 classifier_spec=hp.classifier)
 
     def _draw_gallery(self) -> None:
         if self._pool is None:
