@@ -24,7 +24,12 @@ from explainer.resume import ReproducibleResume, RunCheckpoint
 DEFAULT_RUNS_DIR = "runs"
 
 
-def default_logger(save_dir: str = DEFAULT_RUNS_DIR, name: str = "explainer") -> dict[str, Any]:
+DEFAULT_RUN_NAME = "explainer"
+RUN_NAMES = {"ClassifierModule": "classifier", "ExplainerModule": "explainer", "PrototypeModule": "prototypes"}
+"""The folder under ``runs/`` of each stage's runs (with the default logger)."""
+
+
+def default_logger(save_dir: str = DEFAULT_RUNS_DIR, name: str = DEFAULT_RUN_NAME) -> dict[str, Any]:
     """The default logger, as a config: wandb offline, or CSV when wandb is disabled or missing.
 
     ``WANDB_MODE=online`` logs online; ``WANDB_MODE=disabled`` (or no wandb installed) selects CSV.
@@ -87,6 +92,18 @@ class ExplainerCLI(LightningCLI):
             if path and Path(path).is_file():
                 check_resume_checkpoint(path, self.config[subcommand].get("model"))
         super()._parse_ckpt_path()
+
+    def before_instantiate_classes(self) -> None:
+        # the default logger files each run under the stage it trains: runs/classifier, runs/explainer, ...
+        subcommand = self.config.get("subcommand")
+        config = self.config.get(subcommand) if subcommand else self.config
+        logger = config.get("trainer", {}).get("logger") if config is not None else None
+        init_args = getattr(logger, "init_args", None)
+        model = config.get("model") if config is not None else None
+        model_class = str(getattr(model, "class_path", "") or "")
+        for key in ("name", "project"):  # CSVLogger's name, WandbLogger's project
+            if init_args is not None and getattr(init_args, key, None) == DEFAULT_RUN_NAME:
+                setattr(init_args, key, RUN_NAMES.get(model_class.rsplit(".", 1)[-1], DEFAULT_RUN_NAME))
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")

@@ -242,6 +242,8 @@ class ExportExplainer(pl.Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero or trainer.interrupted:
             return
+        if hasattr(pl_module, "check_classifier_unchanged"):  # never export against a classifier that moved
+            pl_module.check_classifier_unchanged()
         best = getattr(trainer.checkpoint_callback, "best_model_path", "")
         state = None
         if best:

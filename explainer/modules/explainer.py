@@ -235,6 +235,9 @@ class ExplainerModule(SafeLoading, pl.LightningModule):
         stop_if_not_finite(self, self.mask_net, "mask-network weights or buffers")
 
     def on_fit_end(self) -> None:
+        self.check_classifier_unchanged()
+
+    def check_classifier_unchanged(self) -> None:
         """The freeze, checked: the classifier's weights and buffers hash as they did before training."""
         from explainer.classifiers.frozen import state_hash
 
