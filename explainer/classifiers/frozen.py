@@ -63,7 +63,8 @@ class FrozenClassifier(nn.Module):
         self.class_names = list(class_names) if class_names is not None else None
         self.adapter = adapter if adapter is not None else OutputAdapter()
         self._num_classes = num_classes
-        self.net.requires_grad_(False)
+        for param in self.net.parameters():  # (ScriptModules have no requires_grad_)
+            param.requires_grad_(False)
         super().train(False)
         self._hash: str | None = None
         # images arrive normalised with the data's mean / std; these map them to the classifier's own
@@ -184,7 +185,9 @@ class FrozenClassifier(nn.Module):
                 f"the classifier '{self.reference}' gives {logits.shape[1]} class scores but the data module has "
                 f"{num_classes} classes; for a model with several outputs set the classifier option output")
         weights = torch.randn(logits.shape, generator=torch.Generator().manual_seed(0)).to(logits)
-        (grad,) = torch.autograd.grad((logits * weights).sum(), probe, allow_unused=True)
+        grad = None
+        if logits.requires_grad:
+            (grad,) = torch.autograd.grad((logits * weights).sum(), probe, allow_unused=True)
         if grad is None or not bool(torch.isfinite(grad).all()) or not bool(grad.abs().sum() > 0):
             state = "no gradient" if grad is None else "zero or non-finite gradients"
             raise ClassifierCheckError(

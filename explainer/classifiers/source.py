@@ -207,8 +207,7 @@ class ClassifierSpec:
     def reference(self) -> str:
         """A printable name of the source."""
         if isinstance(self.source, nn.Module):
-            inner = getattr(self.source, "net", self.source)
-            return f"{IN_MEMORY} {type(inner).__name__}>"
+            return f"{IN_MEMORY} {type(self.source).__name__}>"
         return str(self.source) + (f" + {self.weights}" if self.weights else "")
 
     def to_hparams(self) -> str | dict[str, Any]:
@@ -330,6 +329,8 @@ class ExportedClassifier(nn.Module):
         self.program = module
         self.static_batch = batch
         self.input_size = input_size
+        for sub in self.modules():  # the mode is the one fixed at export (their train() raises)
+            sub.training = False
 
     def train(self, mode: bool = True) -> ExportedClassifier:
         """Exported programs fix their mode when exported; this keeps them as they are."""
