@@ -216,3 +216,55 @@ def test_the_readme_fine_tune_recipe_for_another_architecture(repo, in_tmp, tiny
     assert tuned.explain(torch.randn(2, 3, 32, 32)).shape == (2, 10, 32, 32)
     assert tuned.config["classifier"]["reference"] == "my_classifier.ckpt"
     assert {p.name: p.read_bytes() for p in export.iterdir()} == before  # the source export is untouched
+
+
+def test_the_fine_tune_recipe_for_another_architecture_and_class_list(repo, in_tmp, caplog):
+    # the README recipe on a folder dataset with other classes: "3" and "7" are shared with the quickstart
+    # Explainer, the others are new; the classifier is a resnet18 named by architecture + a plain state dict
+    import json
+    import logging
+
+    import torchvision
+
+    from explainer.cli import make_cli
+    from explainer.data import DigitScenes
+
+    renamed = {str(d): name for d, name in enumerate(["zero", "one", "two", "3", "four", "five", "six", "7", "eight",
+                                                      "nine"])}
+    for split, n in (("train", 16), ("val", 8), ("test", 8)):
+        DigitScenes(split, num_scenes=n, image_size=32, seed=3).save(in_tmp / "data" / split)
+        path = in_tmp / "data" / split / "annotations.json"
+        ann = json.loads(path.read_text())
+        ann["classes"] = [renamed[c] for c in ann["classes"]]
+        for image in ann["images"]:
+            image["labels"] = [renamed[c] for c in image["labels"]]
+            for box in image["boxes"]:
+                box["label"] = renamed[box["label"]]
+        path.write_text(json.dumps(ann))
+    (in_tmp / "data.yaml").write_text(
+        "class_path: explainer.data.FolderDataModule\n"
+        f"init_args: {{root: {in_tmp / 'data'}, image_size: 32, batch_size: 8, num_workers: 0}}\n")
+    _, quickstart = write_classifier_checkpoint(in_tmp / "qs")
+    source = ExplainerModule(str(quickstart), mask_net="classifier_unet",
+                             mask_net_kwargs={"backbone": "digitnet", "width": 32})
+    export = export_explainer(source, in_tmp / "checkpoints" / "quickstart" / "explainer")
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18(num_classes=10).eval().state_dict(), in_tmp / "resnet18.pth")
+    with caplog.at_level(logging.INFO):
+        cli = make_cli(["fit", "--config", str(repo / "configs/quickstart/explainer.yaml"), "--config",
+                        str(repo / "configs/quickstart/finetune.yaml"), "--data", str(in_tmp / "data.yaml"),
+                        "--model.init_args.classifier", "{source: resnet18, weights: resnet18.pth}",
+                        "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
+                        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"])
+    plan = cli.model.fine_tune_plan
+    assert plan["kept"] == {"3": "3", "7": "7"}
+    assert plan["initialised"] == [n for n in renamed.values() if n not in ("3", "7")]
+    assert "class-head rows kept for 2 class(es) shared by name [3, 7]; initialised for 8 new class(es) [zero, one" \
+        in caplog.text
+    old = explainer.load(export)
+    tuned = explainer.load(in_tmp / "checkpoints" / "finetuned" / "explainer")
+    assert tuned.class_names == list(renamed.values())
+    assert tuned.config["classifier"]["spec"] == {"source": "resnet18", "weights": "resnet18.pth"}
+    assert tuned.explain(torch.randn(2, 3, 32, 32)).shape == (2, 10, 32, 32)
+    head = [k for k in old.net.state_dict() if k.startswith(old.net.head_prefix)][0]
+    assert not torch.equal(tuned.net.state_dict()[head][3], old.net.state_dict()[head][3])  # trained on from it

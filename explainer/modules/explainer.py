@@ -7,6 +7,7 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from explainer.classifiers.source import check_class_names, classifier_hparams, load_classifier
@@ -15,7 +16,7 @@ from explainer.data.batch import Batch
 from explainer.losses import LossWeights, explainer_loss, target_masks
 from explainer.modules.guards import SafeLoading, stop_if_not_finite
 from explainer.modules.stage_means import log_mean
-from explainer.nets.masknets import build_mask_net, transfer_class_heads
+from explainer.nets.masknets import build_mask_net, class_head_plan, transfer_class_heads
 
 
 def gaussian_blur(images: Tensor, sigma: float) -> Tensor:
@@ -145,6 +146,7 @@ class ExplainerModule(SafeLoading, pl.LightningModule):
         self.register_buffer("norm_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("norm_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self._checked_classifier = False
+        self.fine_tune_plan: dict[str, Any] | None = None
         if init_from:
             self._init_mask_net_from(init_from)
 
@@ -159,6 +161,11 @@ class ExplainerModule(SafeLoading, pl.LightningModule):
                 f"'{spec['name']}' network"
             )
         self.mask_net.load_state_dict(transfer_class_heads(self.mask_net, state, old_classes, self.class_names))
+        kept, fresh = class_head_plan(old_classes, self.class_names)
+        self.fine_tune_plan = {"source": str(source), "kept": kept, "initialised": fresh}
+        shown = ", ".join(n if n == o else f"{n} <- {o}" for n, o in kept.items())
+        rank_zero_info(f"fine-tuning from {source}: class-head rows kept for {len(kept)} class(es) shared by name "
+                       f"[{shown}]; initialised for {len(fresh)} new class(es) [{', '.join(fresh)}]")
 
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None

@@ -180,6 +180,14 @@ def _source_class(name: str, old_index: dict[str, int]) -> str | None:
     return base if sep and cell.startswith("cell") and base in old_index else None
 
 
+def class_head_plan(old_classes: list[str], new_classes: list[str]) -> tuple[dict[str, str], list[str]]:
+    """Which class-head rows a fine-tune keeps and which it initialises: ``({new class: old class it keeps
+    the rows of}, [new classes that start fresh])``."""
+    old_index = {name: i for i, name in enumerate(old_classes)}
+    kept = {name: src for name in new_classes if (src := _source_class(name, old_index)) is not None}
+    return kept, [name for name in new_classes if name not in kept]
+
+
 def transfer_class_heads(
     new: nn.Module, state: dict[str, Tensor], old_classes: list[str], new_classes: list[str]
 ) -> dict[str, Tensor]:
