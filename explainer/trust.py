@@ -60,10 +60,12 @@ def allowed_factories() -> set[str]:
 def loading_from(source: str, allow: Iterable[str] = ()) -> Iterator[None]:
     """Classifier names read inside come from the file ``source``: a ``package.module:factory`` name is
     refused (:class:`UntrustedFactoryError`, before any import) unless registered, in ``allow`` or in
-    ``EXPLAINER_ALLOW_FACTORIES``. Nested scopes keep the outer file's name and add their allowances."""
+    ``EXPLAINER_ALLOW_FACTORIES``. A nested scope (a file referenced by another) is named with the file that
+    referenced it, and adds its allowances to the outer ones."""
     outer = _LOADING.get()
     allowed = frozenset(allow) | (outer[1] if outer else frozenset())
-    token = _LOADING.set((outer[0] if outer else str(source), allowed))
+    name = f"{source}, referenced by {outer[0]}," if outer else str(source)
+    token = _LOADING.set((name, allowed))
     try:
         yield
     finally:

@@ -37,7 +37,8 @@ def test_preset_fast_dev_run(repo, in_tmp, preset):
                     "--data.init_args.root", str(root), "--model.init_args.weights", "null",
                     "--model.init_args.backbone", "tests.helpers:tiny_net", *FAST])
     assert cli.trainer.state.finished and cli.model.hparams.num_classes == PRESETS[preset]
-    _, classifier = write_classifier_checkpoint(in_tmp, num_classes=PRESETS[preset])
+    _, classifier = write_classifier_checkpoint(in_tmp, num_classes=PRESETS[preset],
+                                                class_names=list(cli.model.hparams.class_names))
     cli = make_cli(["fit", "--config", str(repo / f"configs/experiment/{preset}.yaml"),
                     "--data.init_args.root", str(root), "--model.init_args.classifier", str(classifier),
                     "--model.init_args.mask_net_kwargs", "{weights_backbone: null}", *FAST])

@@ -60,7 +60,8 @@ def test_the_benchmark_runs_on_cub_with_its_15_parts(bench, tmp_path):
     from tests.helpers import write_classifier_checkpoint
 
     birds = make_cub200(tmp_path / "cub", num_classes=3, per_class=6)
-    _, ckpt = write_classifier_checkpoint(tmp_path, num_classes=3)
+    names = [f"Fake_Bird_{c}" for c in range(3)]  # the data module's names, in its order
+    _, ckpt = write_classifier_checkpoint(tmp_path, num_classes=3, class_names=names)
     out = tmp_path / "cub.json"
     result = bench.main(["--data", "cub", "--data-root", str(tmp_path / "cub"), "--classifier", str(ckpt),
                          "--k", "2", "--image-size", "32", "--control-seeds", "2", "--out", str(out)])
