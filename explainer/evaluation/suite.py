@@ -98,6 +98,11 @@ class SuiteContext:
     settings: EvaluationSettings
     grid_size: int = 2
 
+    @property
+    def activation(self) -> str:
+        """The classifier's: ``sigmoid`` (multi-label) or ``softmax`` (single-label); probabilities follow it."""
+        return getattr(self.classifier, "activation", "sigmoid")
+
 
 @dataclass(frozen=True)
 class MetricSpec:
@@ -157,12 +162,14 @@ SPECS: dict[str, MetricSpec] = {s.name: s for s in (
     _spec("box_iou", lambda c: SegmentationMetrics(source="boxes"),
           lambda s: (s.unit_maps, s.batch, s.classes), {"c_iou": True, "d_iou": True, "invalid": None},
           needs="boxes"),
-    _spec("saliency", lambda c: SaliencyMetric(c.classifier, mode=c.settings.saliency_mode),
+    _spec("saliency", lambda c: SaliencyMetric(c.classifier, mode=c.settings.saliency_mode,
+                                          activation="softmax" if c.activation == "softmax" else None),
           lambda s: (s.images, s.unit_maps, s.classes), {"saliency": False, "invalid": None}),
     _spec("insertion_deletion",
-          lambda c: InsertionDeletion(c.classifier, step=c.settings.insertion_step, tie_order=c.settings.tie_order),
+          lambda c: InsertionDeletion(c.classifier, step=c.settings.insertion_step, tie_order=c.settings.tie_order,
+                                      activation=c.activation),
           lambda s: (s.images, s.maps, s.classes), {"insertion": True, "deletion": False, "invalid": None}),
-    _spec("class_specificity", lambda c: ClassSpecificity(c.classifier),
+    _spec("class_specificity", lambda c: ClassSpecificity(c.classifier, activation=c.activation),
           lambda s: (s.images, s.all_masks, s.targets),
           {"unmasked": None, "own_mask": True, "other_present_mask": False, "absent_mask": False, "invalid": None},
           all_masks=True),

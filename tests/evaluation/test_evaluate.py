@@ -231,3 +231,17 @@ def test_explainer_method_from_export_equals_the_module(setup):
     torch.testing.assert_close(maps[0, 0], expected[0, 3])
     assert maps[0, 1].abs().sum() == 0
     torch.testing.assert_close(maps[1, 1], expected[1, 9])
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "softmax"])
+def test_metrics_take_probabilities_as_the_classifier_does(activation):
+    """A single-label (softmax) classifier is scored with softmax probabilities by every metric that queries it."""
+    from explainer.classifiers.source import OutputAdapter
+    from explainer.evaluation.suite import SuiteContext, build_suite
+    from tests.helpers import tiny_net
+
+    frozen = FrozenClassifier(tiny_net(num_classes=4), reference="tiny", adapter=OutputAdapter(activation=activation))
+    context = SuiteContext(frozen, 4, "boxes", EvaluationSettings(saliency_mode="pairs"))
+    suite = build_suite(["saliency", "insertion_deletion", "class_specificity"], context, has_boxes=True)
+    assert {name: metric.activation for name, metric in suite.items()} == dict.fromkeys(suite, activation)
+    assert len(suite) == 3
