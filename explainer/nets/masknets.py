@@ -282,8 +282,28 @@ class ClassifierUNetMaskNet(nn.Module):
         return outs
 
     def init_encoder_from(self, classifier_net: nn.Module) -> None:
-        """Copies the classifier's trained feature weights into the encoder."""
-        self.encoder.load_state_dict(classifier_net.features.state_dict())
+        """Copies the classifier's trained feature weights into the encoder.
+
+        The weights are matched by name and shape under the classifier's ``features.`` prefix, so a
+        TorchScript or ``torch.export`` copy of the architecture works as well as the module itself.
+
+        Raises:
+            ValueError: the classifier's features do not fill the encoder (another architecture).
+        """
+        own = self.encoder.state_dict()
+        state = classifier_net.state_dict()
+        found = {}
+        for prefix in ("features.", "net.features.", "program.features.", "base.features."):
+            found = {k[len(prefix):]: v for k, v in state.items()
+                     if k.startswith(prefix) and k[len(prefix):] in own and own[k[len(prefix):]].shape == v.shape}
+            if len(found) == len(own):
+                break
+        if len(found) != len(own):
+            raise ValueError(
+                f"the classifier's features fill {len(found)} of the {len(own)} tensors of this mask network's "
+                "encoder: it is another architecture. Set encoder_from_classifier: false (the encoder then starts "
+                "from its own initialisation), or mask_net_kwargs.backbone to the classifier's architecture")
+        self.encoder.load_state_dict(found)
 
     def forward(self, x: Tensor) -> Tensor:
         outs = self._encode(x)

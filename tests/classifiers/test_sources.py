@@ -302,3 +302,22 @@ def test_the_freeze_check_refuses_a_classifier_that_moves_or_passes_no_gradient(
 
     with pytest.raises(ClassifierCheckError, match="no gradient back to its input"):
         explainer.classifier(Detached()).verify(torch.randn(2, 3, 32, 32))
+
+
+def test_the_encoder_starts_from_the_features_of_any_copy_of_the_architecture(tmp_path):
+    """``encoder_from_classifier`` reads the features by name and shape: a TorchScript or ``torch.export`` copy
+    of digitnet fills the encoder as the module does; another architecture is an error naming the fix."""
+    from explainer.nets.masknets import build_mask_net
+
+    net = _trained_like(digitnet(num_classes=10))
+    torch.jit.save(torch.jit.trace(net, torch.randn(1, 3, 32, 32)), tmp_path / "d.ts")
+    torch.export.save(torch.export.export(net, (torch.randn(2, 3, 32, 32),)), tmp_path / "d.pt2")
+    expected = net.features.state_dict()
+    for source in (net, str(tmp_path / "d.ts"), str(tmp_path / "d.pt2")):
+        frozen = load_classifier(source, num_classes=10)
+        mask_net = build_mask_net("classifier_unet", 10, backbone="digitnet", width=4)
+        mask_net.init_encoder_from(frozen.net)
+        got = mask_net.encoder.state_dict()
+        assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in expected)
+    with pytest.raises(ValueError, match="encoder_from_classifier: false"):
+        build_mask_net("classifier_unet", 10, backbone="digitnet", width=4).init_encoder_from(tiny_net(10))
