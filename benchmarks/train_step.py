@@ -39,7 +39,7 @@ from rich.console import Console
 from rich.table import Table
 
 from explainer.atomic import write_atomic
-from explainer.classifiers import build_classifier
+from explainer.callbacks import ExplainerMetrics, MaskPanel
 from explainer.data.digits import DigitScenesDataModule
 from explainer.modules import ClassifierModule, ExplainerModule
 
@@ -93,7 +93,7 @@ class BatchTimer(pl.Callback):
         self.starts.append(time.perf_counter())
 
     def per_batch(self, skip: int = 2) -> float:
-        gaps = [b - a for a, b in zip(self.starts[skip:-1], self.starts[skip + 1:])]
+        gaps = [b - a for a, b in zip(self.starts[skip:-1], self.starts[skip + 1:], strict=True)]
         return statistics.median(gaps)
 
 
@@ -130,16 +130,9 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
     module2, data2 = quickstart_module(work / "classifier.ckpt")
     timer = BatchTimer()
-    config = yaml.safe_load(CONFIG.read_text())
-    callbacks = [cb for cb in config["trainer"]["callbacks"] if not cb["class_path"].endswith("ExportExplainer")]
-    from jsonargparse import ArgumentParser
-
-    parser = ArgumentParser()
-    parser.add_argument("--callbacks", type=list[pl.Callback])
-    built = parser.instantiate_classes(parser.parse_object({"callbacks": callbacks})).callbacks
     trainer = pl.Trainer(max_epochs=1, limit_train_batches=args.fit_batches, limit_val_batches=0, logger=False,
                          enable_checkpointing=False, enable_model_summary=False, default_root_dir=str(work),
-                         callbacks=[*built, timer])
+                         callbacks=[ExplainerMetrics(), MaskPanel(), timer])  # the config's, less the export
     trainer.fit(module2, datamodule=data2)
     fit_seconds = timer.per_batch()
 
