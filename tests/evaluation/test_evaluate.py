@@ -245,3 +245,25 @@ def test_metrics_take_probabilities_as_the_classifier_does(activation):
     suite = build_suite(["saliency", "insertion_deletion", "class_specificity"], context, has_boxes=True)
     assert {name: metric.activation for name, metric in suite.items()} == dict.fromkeys(suite, activation)
     assert len(suite) == 3
+
+
+def test_evaluate_takes_every_route_to_the_same_classifier(tmp_path, repo):
+    """The same digitnet as a checkpoint, as digitnet + a state dict and as TorchScript: equal rows."""
+    _, ckpt = write_classifier_checkpoint(tmp_path, backbone="digitnet")
+    net = FrozenClassifier.from_checkpoint(ckpt, num_classes=10).net
+    torch.save(net.state_dict(), tmp_path / "digitnet.pt")
+    torch.jit.save(torch.jit.trace(net, torch.randn(1, 3, 32, 32)), tmp_path / "digitnet.ts")
+    routes = {"checkpoint": ["--classifier", str(ckpt)],
+              "state dict": ["--classifier", "digitnet", "--classifier-option", f"weights={tmp_path / 'digitnet.pt'}"],
+              "torchscript": ["--classifier", str(tmp_path / "digitnet.ts")]}
+    values = {}
+    for name, classifier in routes.items():
+        rows = main(["--data", str(repo / "configs/data/digits.yaml"), *DATA_ARGS, *classifier, *QUIET,
+                     "--out", str(tmp_path / name.replace(" ", "_")), "--methods", "gradient,centre",
+                     "--metrics", "pointing_game,saliency,insertion_deletion", "--insertion-step", "64"])
+        values[name] = {(r["method"], r["metric"]): r["value"] for r in rows if r["metric"] != "seconds_per_image"}
+    assert len(values["checkpoint"]) >= 8
+    for name in ("state dict", "torchscript"):
+        assert values[name].keys() == values["checkpoint"].keys()
+        for key, value in values["checkpoint"].items():
+            assert value == pytest.approx(values[name][key], abs=1e-5, nan_ok=True), (name, key)

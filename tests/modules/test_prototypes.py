@@ -182,3 +182,19 @@ def test_fit_on_cub_reports_consistency_with_15_parts(in_tmp, repo):
                   "--data.init_args.root", str(in_tmp / "cub"), "--data.init_args.image_size", "32",
                   "--data.init_args.num_workers", "0", "--model.init_args.classifier", str(path),
                   "--trainer.enable_progress_bar", "false"])
+
+
+def test_prototype_heads_take_an_architecture_and_its_state_dict(tmp_path):
+    """The classifier named as digitnet + a state-dict file gives the heads of its checkpoint."""
+    torch.manual_seed(0)
+    path = classifier_checkpoint(tmp_path, "digitnet", 4)
+    torch.save(FrozenClassifier.from_checkpoint(path, num_classes=4).net.state_dict(), tmp_path / "digitnet.pt")
+    images, labels = torch.randn(8, 3, 32, 32), (torch.rand(8, 4) > 0.5).float()
+    heads = []
+    for classifier in (str(path), {"source": "digitnet", "weights": str(tmp_path / "digitnet.pt")}):
+        module = PrototypeModule(classifier, num_classes=4, prototypes_per_class=2, max_locations_per_class=400,
+                                 gallery_images_per_class=0)
+        module.collect(images, labels)
+        module.fit_prototypes()
+        heads.append(module.layer.prototypes.detach())
+    torch.testing.assert_close(heads[0], heads[1])
