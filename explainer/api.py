@@ -16,8 +16,9 @@ def classifier(source: Any, *, num_classes: int | None = None, **options: Any) -
     """The classifier to explain, frozen and adapted (see :mod:`explainer.classifiers.source`).
 
     Args:
-        source: an ``nn.Module``; a ``ClassifierModule`` checkpoint; a TorchScript or ``.pt2`` file; or an
-            architecture name / ``package.module:factory`` with ``weights=...``.
+        source: an ``nn.Module``; a ``ClassifierModule`` checkpoint; a TorchScript or ``.pt2`` file; an
+            architecture name / ``package.module:factory`` with ``weights=...``; or a dict of classifier
+            options (a ``classifier:`` sub-config), to which ``options`` are added.
         num_classes: the head size of an architecture name or factory.
         **options: ``weights``, ``output``, ``returns``, ``activation``, ``mean``, ``std``, ``input_size``,
             ``class_names``, ``allow_partial_weights``.
@@ -25,9 +26,14 @@ def classifier(source: Any, *, num_classes: int | None = None, **options: Any) -
     Returns:
         A :class:`~explainer.classifiers.frozen.FrozenClassifier`.
     """
-    from explainer.classifiers.source import load_classifier
+    from collections.abc import Mapping
 
-    return load_classifier({"source": source, **options}, num_classes=num_classes)
+    from explainer.classifiers.source import ClassifierSpec, load_classifier
+
+    if isinstance(source, ClassifierSpec):
+        source = {k: getattr(source, k) for k in ClassifierSpec.__dataclass_fields__}
+    spec = {**source, **options} if isinstance(source, Mapping) else {"source": source, **options}
+    return load_classifier(spec, num_classes=num_classes)
 
 
 def fit(classifier: Any, datamodule: Any, export: str | Path = "checkpoints/explainer", *, max_epochs: int = 5,

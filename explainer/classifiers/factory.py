@@ -14,6 +14,7 @@ import importlib
 import importlib.util
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -128,14 +129,30 @@ def _linear(layer: nn.Linear, num_classes: int | None) -> nn.Linear:
     return layer if num_classes is None else nn.Linear(layer.in_features, num_classes)
 
 
+def _torchvision_model(name: str, **kwargs: Any) -> nn.Module:
+    """``torchvision.models.get_model``, with a clear error when pretrained weights are neither in torch's
+    cache nor downloadable (a machine without a network)."""
+    import torchvision
+
+    try:
+        return torchvision.models.get_model(name, **kwargs)
+    except OSError as err:  # urllib's URLError and socket errors are OSErrors
+        weights = kwargs.get("weights")
+        url = getattr(weights, "url", None)
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / (url.rsplit("/", 1)[-1] if url else "<file>")
+        raise RuntimeError(
+            f"the torchvision weights {name} {getattr(weights, 'name', weights)} are not in torch's cache ({cached}) "
+            f"and could not be downloaded ({err}). Copy the file there from a machine with a network ({url}), or "
+            f"save the model's state dict and name it as the weights: {{source: {name}, weights: my_weights.pth}}"
+        ) from err
+
+
 def _from_torchvision(name: str, num_classes: int | None, weights: str | None, model: nn.Module | None = None
                       ) -> ClassifierNet:
     """Splits a torchvision model into features / pool / head: a fresh ``num_classes`` head, or (with
     ``num_classes=None``) the model's own head. ``model`` is the model to split (built here when None)."""
-    import torchvision
-
     if model is None:
-        model = torchvision.models.get_model(name, weights=weights)
+        model = _torchvision_model(name, weights=weights)
     if hasattr(model, "fc") and hasattr(model, "layer4"):  # resnet, resnext, wide_resnet
         features = nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool,
                                  model.layer1, model.layer2, model.layer3, model.layer4)
@@ -256,7 +273,7 @@ def build_architecture(name: str, num_classes: int | None, weights: str | None =
         except (KeyError, ValueError) as err:
             raise ValueError(f"unknown weights {weights!r} for {name}; choose one of "
                              f"{', '.join(enum.__members__)}") from err
-        model = torchvision.models.get_model(name, weights=resolved)
+        model = _torchvision_model(name, weights=resolved)
         names = resolved.meta.get("categories")
         return model, _from_torchvision(name, None, None, model), list(names) if names else None
     if num_classes is None or num_classes < 1:

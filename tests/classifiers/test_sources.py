@@ -321,3 +321,25 @@ def test_the_encoder_starts_from_the_features_of_any_copy_of_the_architecture(tm
         assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in expected)
     with pytest.raises(ValueError, match="encoder_from_classifier: false"):
         build_mask_net("classifier_unet", 10, backbone="digitnet", width=4).init_encoder_from(tiny_net(10))
+
+
+def test_explainer_classifier_takes_a_sub_config_and_names_missing_pretrained_weights(tmp_path, monkeypatch):
+    """``explainer.classifier({...})`` takes the YAML form; torchvision weights that are neither cached nor
+    downloadable are an error naming the cache file and the state-dict route (the download is stubbed: tests
+    never reach the network)."""
+    import urllib.error
+
+    net = _trained_like(digitnet(num_classes=10))
+    torch.save(net.state_dict(), tmp_path / "d.pt")
+    frozen = explainer.classifier({"source": "digitnet", "weights": str(tmp_path / "d.pt")}, num_classes=10,
+                                  returns="logits")
+    assert frozen.content_hash == state_hash(net)
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    import torchvision.models._api as torchvision_weights
+
+    monkeypatch.setattr(torchvision_weights, "load_state_dict_from_url", offline)
+    with pytest.raises(RuntimeError, match=r"not in torch's cache .*resnet18-.*\.pth.*weights: my_weights.pth"):
+        explainer.classifier({"source": "resnet18", "weights": "IMAGENET1K_V1"})
