@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from explainer.atomic import write_atomic
+from explainer.methods import method_class
 
 console = Console()
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "quickstart"
@@ -81,7 +82,8 @@ DEMO_METHODS: dict[str, dict[str, Any]] = {
     "guided_backprop": {}, "rise": {"num_masks": 1000}, "bbmp": {"iterations": 100},
     "fido": {"iterations": 50, "samples": 2}, "extremal": {"areas": [0.1], "iterations": 100},
 }
-REFERENCES = ("explainer", "centre", "uniform", "oracle")  # evaluated on every test image of the demo
+# methods that cost at most one forward pass of their own network are evaluated on every test image
+FULL_COSTS = ("free", "one pass")
 
 
 def evaluate_quickstart(explainer_dir: Path, datamodule: Any, classifier: Any, out: Path, limit: int,
@@ -99,7 +101,8 @@ def evaluate_quickstart(explainer_dir: Path, datamodule: Any, classifier: Any, o
                                metrics=[m for m in full.metrics if m != "class_specificity"])
     names = {"explainer": {"path": str(explainer_dir)}}
     names.update(DEMO_METHODS if baselines else {"centre": {}, "uniform": {}})
-    plan = [MethodRun(name, name, options, full if name in REFERENCES else light) for name, options in names.items()]
+    plan = [MethodRun(name, name, options, full if method_class(name).cost in FULL_COSTS else light)
+            for name, options in names.items()]
     trainer = pl.Trainer(accelerator="auto", devices=1, logger=False, enable_checkpointing=False,
                          enable_model_summary=False, inference_mode=False, use_distributed_sampler=False,
                          default_root_dir=str(out))

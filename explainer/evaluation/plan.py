@@ -14,12 +14,7 @@ from typing import Any
 import yaml
 
 from explainer.evaluation.suite import EvaluationSettings
-from explainer.methods import available_methods
-
-VALUE_OPTIONS = {"explainer": "path", "prototypes": "prototypes", "smooth": "method"}
-# methods with a layer form (ML-Att): the gradient family at any layer, the CAMs at a convolutional one
-LAYER_METHODS = ("gradient", "input_x_gradient", "integrated_gradients", "gradcam", "gradcam++")
-CAM_METHODS = ("gradcam", "gradcam++")
+from explainer.methods import available_methods, method_class
 
 
 @dataclass
@@ -48,7 +43,11 @@ def parse_methods(spec: str, options: list[str]) -> dict[str, dict[str, Any]]:
         name, _, value = item.partition("=")
         if name not in available_methods():
             raise ValueError(f"unknown method '{name}'; valid methods: {', '.join(available_methods())}")
-        methods[name] = {VALUE_OPTIONS[name]: value} if value and name in VALUE_OPTIONS else {}
+        value_option = method_class(name).value_option
+        if value and value_option is None:
+            raise ValueError(f"method '{name}' takes no value ('{item}'); set its options with --option "
+                             f"{name}.<option>=<value>")
+        methods[name] = {value_option: value} if value else {}
     for option in options:
         key, _, value = option.partition("=")
         name, _, option_name = key.partition(".")
@@ -69,20 +68,22 @@ def expand_methods(methods: dict[str, dict[str, Any]], layers: list[str] | None,
                    ) -> list[tuple[str, str, dict[str, Any], list[str]]]:
     """``(row name, method name, options, notes)`` for every method at every requested layer.
 
-    A method without a layer form runs once, at the input, with a note; Grad-CAM has no input form and is
-    skipped at ``input`` with a note. With ``smooth``, each entry is wrapped in the ``smooth`` method.
+    A method without a layer form (its class's ``layer_forms``) runs once, at the input, with a note; a
+    method without the input form (Grad-CAM) is skipped at ``input`` with a note. With ``smooth``, each entry
+    is wrapped in the ``smooth`` method.
     """
     out: list[tuple[str, str, dict[str, Any], list[str]]] = []
     for name, options in methods.items():
         variants: list[tuple[str, dict[str, Any]]] = []
         notes: list[str] = []
-        if layers and name not in LAYER_METHODS:
+        forms = method_class(name).layer_forms
+        if layers and not forms:
             variants.append((name, dict(options)))
             notes.append(f"{name} has no layer form: evaluated once, on the input")
         else:
             for layer in layers or [None]:
-                if layer == "input" and name in CAM_METHODS:
-                    notes.append(f"{name} has no input-layer form: skipped at 'input'")
+                if layer is not None and layer not in forms:
+                    notes.append(f"{name} has no {layer}-layer form: skipped at '{layer}'")
                     continue
                 opts = dict(options)
                 if layer is not None and layer != "input":
@@ -90,7 +91,7 @@ def expand_methods(methods: dict[str, dict[str, Any]], layers: list[str] | None,
                 variants.append((name if layer is None else f"{name}@{layer}", opts))
         for row, opts in variants:
             if smooth is not None:
-                if name == "smooth":
+                if method_class(name).wraps_method:
                     raise ValueError("--smooth cannot be combined with the 'smooth' method; use one of them")
                 out.append((f"{row}+smooth{smooth}", "smooth",
                             {"method": name, "kernel_size": int(smooth), "options": opts}, notes))
@@ -107,5 +108,5 @@ def make_plan(methods: dict[str, dict[str, Any]], settings: EvaluationSettings, 
             for row, name, options, notes in expand_methods(methods, layers, smooth)]
 
 
-__all__ = ["CAM_METHODS", "LAYER_METHODS", "VALUE_OPTIONS", "MethodRun", "expand_methods", "make_plan",
+__all__ = ["MethodRun", "expand_methods", "make_plan",
            "parse_layers", "parse_methods"]

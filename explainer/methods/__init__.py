@@ -14,11 +14,15 @@ Importing this package registers every method with :func:`build_method`:
 """
 
 from explainer.methods.base import (
+    COSTS,
+    LAYER_FORMS,
+    METHODS,
     AttributionMethod,
     available_methods,
     build_method,
     check_classes,
     gather_classes,
+    method_class,
     present_classes,
     register_method,
 )
@@ -41,6 +45,10 @@ from explainer.methods.smoothing import SmoothedMethod, gaussian_smooth
 from explainer.methods.trivial import CentreBaseline, OracleBaseline, UniformBaseline
 
 __all__ = [
+    "COSTS",
+    "LAYER_FORMS",
+    "METHODS",
+    "method_class",
     "BBMP",
     "FIDO",
     "RISE",

@@ -161,7 +161,7 @@ class _CAM(AttributionMethod):
         return scatter_pairs(values.to(images.dtype), b_idx, k_idx, tuple(classes.shape))
 
 
-@register_method("gradcam")
+@register_method
 class GradCAM(_CAM):
     """Grad-CAM maps (see the module docstring).
 
@@ -174,12 +174,14 @@ class GradCAM(_CAM):
     """
 
     name = "gradcam"
+    layer_forms = ("middle", "final")
     variant = "gradcam"
 
 
-@register_method("gradcam++")
+@register_method
 class GradCAMPlusPlus(_CAM):
     """Grad-CAM++ maps (see the module docstring); same arguments as :class:`GradCAM`."""
 
     name = "gradcam++"
+    layer_forms = ("middle", "final")
     variant = "gradcam++"

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from explainer.methods.base import AttributionMethod, check_classes, gather_classes, register_method
 
 
-@register_method("explainer")
+@register_method
 class ExplainerAttribution(AttributionMethod):
     """Masks of a trained Explainer, from an export folder or an ``ExplainerModule`` checkpoint.
 
@@ -23,6 +23,9 @@ class ExplainerAttribution(AttributionMethod):
     """
 
     name = "explainer"
+    needs_classifier = False
+    value_option = "path"
+    cost = "one pass"
     unit_range = True
 
     def __init__(self, classifier: nn.Module | None = None, path: str | Path | None = None,

@@ -144,7 +144,7 @@ def area_loss(masks: Tensor, areas: Tensor) -> Tensor:
     return (sorted_m - reference).pow(2).mean(1)
 
 
-@register_method("extremal")
+@register_method
 class ExtremalPerturbation(AttributionMethod):
     """Extremal perturbations with a smooth mask, a blur pyramid and an area constraint (module docstring).
 
@@ -168,6 +168,7 @@ class ExtremalPerturbation(AttributionMethod):
     """
 
     name = "extremal"
+    cost = "optimisation"
     needs_grad = True
 
     def __init__(self, classifier: nn.Module | None = None, areas: Sequence[float] = (0.05, 0.1, 0.2, 0.3),

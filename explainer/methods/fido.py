@@ -147,7 +147,7 @@ class _MaskOptimisation(AttributionMethod):
         return scatter_pairs(values.to(images.dtype), b_idx, k_idx, tuple(classes.shape))
 
 
-@register_method("fido")
+@register_method
 class FIDO(_MaskOptimisation):
     """FIDO: a Concrete (relaxed Bernoulli) drop mask learnt per image and class.
 
@@ -174,6 +174,7 @@ class FIDO(_MaskOptimisation):
     """
 
     name = "fido"
+    cost = "optimisation"
 
     def __init__(self, classifier: nn.Module | None = None, objective: str = "ssr", infill: str | Infill = "blur",
                  iterations: int = 300, lr: float = 0.05, samples: int = 8, area_weight: float = 1e-3,
@@ -197,7 +198,7 @@ class FIDO(_MaskOptimisation):
         return torch.sigmoid(params)
 
 
-@register_method("bbmp")
+@register_method
 class BBMP(_MaskOptimisation):
     """BBMP: a deterministic keep mask ``m`` in [0, 1] on the grid, starting at 1, clamped after each step.
 
@@ -219,6 +220,7 @@ class BBMP(_MaskOptimisation):
     """
 
     name = "bbmp"
+    cost = "optimisation"
 
     def __init__(self, classifier: nn.Module | None = None, objective: str = "ssr", infill: str | Infill = "blur",
                  iterations: int = 300, lr: float = 0.05, area_weight: float = 1e-3, ramp_iterations: int = 30,

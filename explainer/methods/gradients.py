@@ -143,7 +143,7 @@ class _CaptumMethod(AttributionMethod):
         return scatter_pairs(values.to(images.dtype), b_idx, k_idx, tuple(classes.shape))
 
 
-@register_method("gradient")
+@register_method
 class Gradient(_CaptumMethod):
     """Gradient saliency (Simonyan et al., 2014): ``sum_ch |d y_c / d x|`` (captum ``Saliency``).
 
@@ -155,6 +155,7 @@ class Gradient(_CaptumMethod):
     """
 
     name = "gradient"
+    layer_forms = ("input", "middle", "final")
     default_absolute = True
     layer_kind = "gradient"
 
@@ -162,7 +163,7 @@ class Gradient(_CaptumMethod):
         return _captum_attr().Saliency(self.classifier).attribute(inputs, target=targets, abs=False)
 
 
-@register_method("input_x_gradient")
+@register_method
 class InputXGradient(_CaptumMethod):
     """Input x gradient, signed channel sum (captum ``InputXGradient``).
 
@@ -174,13 +175,14 @@ class InputXGradient(_CaptumMethod):
     """
 
     name = "input_x_gradient"
+    layer_forms = ("input", "middle", "final")
     layer_kind = "input_x_gradient"
 
     def captum_attribute(self, inputs: Tensor, targets: Tensor) -> Tensor:
         return _captum_attr().InputXGradient(self.classifier).attribute(inputs, target=targets)
 
 
-@register_method("integrated_gradients")
+@register_method
 class IntegratedGradients(_CaptumMethod):
     """Integrated gradients (Sundararajan et al., 2017) from a zero baseline (the mean colour), signed sum.
 
@@ -194,6 +196,7 @@ class IntegratedGradients(_CaptumMethod):
     """
 
     name = "integrated_gradients"
+    layer_forms = ("input", "middle", "final")
     layer_kind = "integrated_gradients"
 
     def __init__(self, classifier: nn.Module | None = None, steps: int = 50, batch_size: int = 64,
@@ -212,7 +215,7 @@ class IntegratedGradients(_CaptumMethod):
                             internal_batch_size=max(self.batch_size, 1))
 
 
-@register_method("guided_backprop")
+@register_method
 class GuidedBackprop(_CaptumMethod):
     """Guided backpropagation (Springenberg et al., 2015), signed channel sum (captum ``GuidedBackprop``).
 

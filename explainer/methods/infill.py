@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from explainer.methods.common import gaussian_blur, scaled
+from explainer.registry import Registry
 
 
 class Infill(nn.Module):
@@ -105,19 +106,14 @@ class RandomInfill(Infill):
         return colour * self.color_range + noise * self.noise_std
 
 
-INFILLS: dict[str, type[Infill]] = {
-    "mean": MeanInfill,
-    "blur": BlurInfill,
-    "local_mean": LocalMeanInfill,
-    "random": RandomInfill,
-}
+INFILLS: Registry[type[Infill]] = Registry("in-filler", plural="in-fillers", sort=False)
+for _name, _infill in (("mean", MeanInfill), ("blur", BlurInfill), ("local_mean", LocalMeanInfill),
+                       ("random", RandomInfill)):
+    INFILLS.add(_name, _infill)
 
 
 def build_infill(infill: str | Infill) -> Infill:
     """An in-filler by name (``mean``, ``blur``, ``local_mean``, ``random``) or the given instance."""
     if isinstance(infill, Infill):
         return infill
-    if infill not in INFILLS:
-        raise ValueError(f"unknown in-filler '{infill}'; valid in-fillers: {', '.join(INFILLS)}")
-    return INFILLS[infill]()
-
+    return INFILLS.get(infill)()

@@ -18,10 +18,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from explainer.methods.base import AttributionMethod, check_classes, register_method
+from explainer.methods.common import eval_mode
 from explainer.nets.prototypes import PrototypeLayer, pooled_linear_head
 
 
-@register_method("prototypes")
+@register_method
 class PrototypeAttribution(AttributionMethod):
     """Prototype activation maps of a post-hoc part-prototype head.
 
@@ -35,6 +36,8 @@ class PrototypeAttribution(AttributionMethod):
     """
 
     name = "prototypes"
+    value_option = "prototypes"
+    cost = "one pass"
     needs_grad = False
 
     def __init__(self, classifier: nn.Module | None = None, prototypes: PrototypeLayer | str | Path | None = None,
@@ -67,7 +70,8 @@ class PrototypeAttribution(AttributionMethod):
     def attribute_prototypes(self, images: Tensor, classes: Tensor, **kwargs: Any) -> Tensor:
         """Per-prototype maps ``[B, K, k, H, W]`` for ``classes`` ``[B, K]`` (``-1`` padding gives zeros)."""
         check_classes(images, classes)
-        feats = self._features(images)
+        with eval_mode(self.classifier):  # the classifier's inference behaviour: BatchNorm statistics fixed
+            feats = self._features(images)
         maps = self.prototypes.maps(feats, classes.long())  # [B, K, k, h, w]
         batch, kk, k = maps.shape[:3]
         up = F.interpolate(maps.flatten(0, 1), size=images.shape[-2:], mode="bilinear", align_corners=False)

@@ -55,7 +55,7 @@ def rise_masks(num_masks: int, grid_size: int, keep_prob: float, height: int, wi
     return up[torch.arange(num_masks).view(-1, 1, 1), rows, cols].clamp_(0.0, 1.0)  # clamp float rounding
 
 
-@register_method("rise")
+@register_method
 class RISE(AttributionMethod):
     """RISE saliency: the average of random masks weighted by the classifier's score on the masked image.
 
@@ -83,6 +83,7 @@ class RISE(AttributionMethod):
     """
 
     name = "rise"
+    cost = "perturbation"
     needs_grad = False
 
     def __init__(self, classifier: nn.Module | None = None, num_masks: int = 4000, grid_size: int | None = None,

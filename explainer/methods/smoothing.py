@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from explainer.methods.base import AttributionMethod, build_method, register_method
+from explainer.methods.base import AttributionMethod, build_method, method_class, register_method
 from explainer.methods.common import gaussian_kernel1d, separable_conv
 
 
@@ -40,7 +40,7 @@ def gaussian_smooth(maps: Tensor, kernel_size: int, sigma: float | None = None, 
     return separable_conv(flat, kernel, padding_mode).reshape(maps.shape)
 
 
-@register_method("smooth")
+@register_method
 class SmoothedMethod(AttributionMethod):
     """Any attribution method followed by :func:`gaussian_smooth`.
 
@@ -57,6 +57,9 @@ class SmoothedMethod(AttributionMethod):
     """
 
     name = "smooth"
+    value_option = "method"
+    wraps_method = True
+    cost = "gradients"
 
     def __init__(self, classifier: nn.Module | None = None, method: str | AttributionMethod = "input_x_gradient",
                  kernel_size: int = 9, sigma: float | None = None, options: dict[str, Any] | None = None,
@@ -67,7 +70,7 @@ class SmoothedMethod(AttributionMethod):
         if isinstance(method, AttributionMethod):
             self.inner = method
         else:
-            if method == "smooth":
+            if method_class(method).wraps_method:
                 raise ValueError("the method inside 'smooth' must be another method")
             self.inner = build_method(method, classifier, **{**(options or {}), **kwargs})
         self.kernel_size = int(kernel_size)

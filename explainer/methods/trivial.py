@@ -14,7 +14,7 @@ def _pad_zero(maps: Tensor, classes: Tensor) -> Tensor:
     return maps * (classes >= 0).view(*classes.shape, 1, 1).to(maps.dtype)
 
 
-@register_method("centre")
+@register_method
 class CentreBaseline(AttributionMethod):
     """The same centred Gaussian for every image and class (the pointing game's centre baseline).
 
@@ -24,6 +24,8 @@ class CentreBaseline(AttributionMethod):
     """
 
     name = "centre"
+    needs_classifier = False
+    cost = "free"
     unit_range = True
 
     def __init__(self, classifier: nn.Module | None = None, sigma: float = 0.25) -> None:
@@ -42,7 +44,7 @@ class CentreBaseline(AttributionMethod):
         return _pad_zero(gauss.expand(*classes.shape, h, w), classes)
 
 
-@register_method("uniform")
+@register_method
 class UniformBaseline(AttributionMethod):
     """A constant map of ones for every image and class.
 
@@ -51,6 +53,8 @@ class UniformBaseline(AttributionMethod):
     """
 
     name = "uniform"
+    needs_classifier = False
+    cost = "free"
     unit_range = True
 
     def __init__(self, classifier: nn.Module | None = None) -> None:
@@ -95,7 +99,7 @@ def box_masks(boxes: list[Tensor], box_labels: list[Tensor], num_classes: int, s
     return (out > 0).float().view(b, num_classes, h, w)
 
 
-@register_method("oracle")
+@register_method
 class OracleBaseline(AttributionMethod):
     """The ground truth as the map: an upper reference for localisation metrics.
 
@@ -108,6 +112,8 @@ class OracleBaseline(AttributionMethod):
     """
 
     name = "oracle"
+    needs_classifier = False
+    cost = "free"
     unit_range = True
 
     def __init__(self, classifier: nn.Module | None = None) -> None:

@@ -16,22 +16,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-_MASK_NETS: dict[str, Callable[..., nn.Module]] = {}
+from explainer.registry import Registry
+
+MASK_NETS: Registry[Callable[..., nn.Module]] = Registry("mask network")
 
 
 def register_mask_net(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator: makes a mask network available to :func:`build_mask_net` under ``name``."""
-
-    def decorate(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        _MASK_NETS[name] = factory
-        return factory
-
-    return decorate
+    """Decorator: makes a mask network available to :func:`build_mask_net` under ``name`` (once)."""
+    return MASK_NETS.register(name)
 
 
 def available_mask_nets() -> list[str]:
     """The registered mask-network names."""
-    return sorted(_MASK_NETS)
+    return MASK_NETS.names()
 
 
 def build_mask_net(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
@@ -46,11 +43,10 @@ def build_mask_net(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
     Returns:
         A module mapping ``[B, 3, H, W]`` images to ``[B, C, H, W]`` logits, with a ``head_prefix``.
     """
-    if name not in _MASK_NETS:
-        raise ValueError(f"unknown mask network '{name}'; valid names: {', '.join(available_mask_nets())}")
+    factory = MASK_NETS.get(name)
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    return _MASK_NETS[name](num_classes=num_classes, **kwargs)
+    return factory(num_classes=num_classes, **kwargs)
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:

@@ -19,7 +19,7 @@ if __name__ == "__main__":
 from explainer.methods.base import AttributionMethod, register_method  # noqa: E402
 
 
-@register_method("partial_nan")
+@register_method
 class PartialNaN(AttributionMethod):
     """The map of the centre baseline, but NaN everywhere on the first image of every batch."""
 

@@ -102,6 +102,7 @@ def test_resume_refuses_other_settings_and_a_truncated_file(setup, tmp_path):
 class _Broken(AttributionMethod):
     """Fails on its second batch, as a run stopped in the middle of a method."""
 
+    name = "broken"
     calls = 0
 
     def attribute(self, images, classes, **kwargs):
@@ -115,7 +116,7 @@ def test_a_run_stopped_in_a_method_keeps_the_finished_methods(setup, tmp_path, m
     from explainer.methods import base
 
     ckpt, _, data = setup
-    monkeypatch.setitem(base._REGISTRY, "broken", lambda classifier=None, **kw: _Broken(classifier))
+    monkeypatch.setitem(base.METHODS._entries, "broken", _Broken)  # registered for this test only
     out = tmp_path / "results"
     args = ["--data", str(data), *DATA_ARGS, "--classifier", str(ckpt), "--out", str(out), *QUIET,
             "--metrics", "pointing_game", "--methods", "centre,broken,uniform"]

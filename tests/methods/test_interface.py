@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from explainer.methods import available_methods, build_method
+from explainer.methods import COSTS, LAYER_FORMS, available_methods, build_method, method_class
+from explainer.nets.masknets import build_mask_net
+from explainer.nets.prototypes import PrototypeLayer, pooled_linear_head
 from tests.helpers import tiny_net
 
 SIZE = 32
@@ -19,7 +21,6 @@ FAST = {
     "integrated_gradients": dict(steps=4),
     "smooth": dict(method="input_x_gradient", kernel_size=5),
 }
-NO_CLASSIFIER = {"centre", "uniform", "oracle"}
 
 
 def _inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -36,15 +37,29 @@ def test_every_method_is_registered() -> None:
     assert expected <= set(available_methods())
 
 
-@pytest.mark.parametrize("name", sorted(set(FAST) | {"gradcam", "gradcam++", "gradient", "input_x_gradient",
-                                                     "guided_backprop", "centre", "uniform", "oracle"}))
+def _built_in() -> list[str]:
+    """Every method this package registers (tests may register their own)."""
+    return [n for n in available_methods() if method_class(n).__module__.startswith("explainer.")]
+
+
+def _options(name: str, net: torch.nn.Module) -> dict:
+    """Fast settings, and what a learned method needs: a mask network, a fitted prototype head."""
+    if name == "explainer":
+        return {"model": build_mask_net("unet", 4, width=4, depth=2)}
+    if name == "prototypes":
+        weight, bias = pooled_linear_head(net)
+        return {"prototypes": PrototypeLayer(4, 2, weight.shape[1], weight=weight, bias=bias)}
+    return FAST.get(name, {})
+
+
+@pytest.mark.parametrize("name", _built_in())
 def test_interface(name: str) -> None:
-    """Shape, zero padding maps, determinism, caller's no_grad, untouched classifier."""
+    """Shape, zero padding maps, determinism, caller's no_grad, untouched classifier; every registered method."""
     torch.manual_seed(0)
     net = tiny_net(4)  # a plain, trainable classifier in training mode: the worst case
     net.train()
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    method = build_method(name, None if name in NO_CLASSIFIER else net, **FAST.get(name, {}))
+    method = build_method(name, net if method_class(name).needs_classifier else None, **_options(name, net))
     images, classes, masks = _inputs()
     extra = {"masks": masks} if name == "oracle" else {}
     with torch.no_grad():  # methods that need gradients enable them themselves
@@ -86,3 +101,25 @@ def test_all_padding_gives_zero_maps() -> None:
     method = build_method("gradcam", tiny_net(3))
     maps = method.attribute(torch.randn(2, 3, 16, 16), torch.full((2, 3), -1))
     assert maps.shape == (2, 3, 16, 16) and not maps.any()
+
+
+def test_methods_declare_what_they_can_do() -> None:
+    """Capabilities live on the classes: one name each, a known cost class and layer forms."""
+    for name in _built_in():
+        cls = method_class(name)
+        assert cls.name == name and cls.cost in COSTS and set(cls.layer_forms) <= set(LAYER_FORMS)
+    assert {n for n in _built_in() if not method_class(n).needs_classifier} == {"centre", "uniform", "oracle",
+                                                                                 "explainer"}
+    assert method_class("gradcam").layer_forms == ("middle", "final")
+    assert method_class("explainer").value_option == "path" and method_class("explainer").unit_range
+
+
+def test_a_name_is_registered_once() -> None:
+    from explainer.methods import register_method
+    from explainer.methods.trivial import CentreBaseline
+
+    class Another(CentreBaseline):
+        pass
+
+    with pytest.raises(ValueError, match="'centre' is registered twice"):
+        register_method(Another)
