@@ -7,7 +7,9 @@ loader: ``steady`` times the batches after the first one (what a long epoch sees
 the workers and the first batch, and ``1-process`` is ``dataset[i]`` in the main process on one thread (the
 cost per image of one core, without the loader). The table is also written to ``benchmarks/results/data_loading.json``.
 
-    python benchmarks/data_loading.py [--images 500] [--workers 2] [--workdir DIR]
+    python -m benchmarks.data_loading [--images 500] [--workers 2] [--workdir DIR]
+
+(run from the repository root as a module: the fake trees are built by the tests' dataset builders.)
 
 The backgrounds are uniform noise, which JPEG compresses worse than photographs (about 115 kB per
 500x375 image at quality 95), so decoding costs at least as much as with the real datasets.
@@ -19,19 +21,17 @@ import argparse
 import json
 import os
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+import torch
+
+from explainer.data import COCO2014DataModule, VOC2007DataModule
+from explainer.data.labels import COCO_CLASSES, VOC_CLASSES
+from tests.data.fake_datasets import make_coco2014, make_voc2007, random_images
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-import torch  # noqa: E402
-
-from explainer.data import COCO2014DataModule, VOC2007DataModule  # noqa: E402
-from explainer.data.labels import COCO_CLASSES, VOC_CLASSES  # noqa: E402
-from tests.data.fake_datasets import make_coco2014, make_voc2007, random_images  # noqa: E402
 
 
 def time_loader(loader) -> dict[str, float]:

@@ -28,14 +28,13 @@ import sys
 import tempfile
 from pathlib import Path
 
+import torch
+
+from explainer.evaluation.results import write_atomic
+from explainer.export import export_explainer
+from explainer.modules import ClassifierModule, ExplainerModule
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-import torch  # noqa: E402
-
-from explainer.evaluation.results import write_atomic  # noqa: E402
-from explainer.export import export_explainer  # noqa: E402
-from explainer.modules import ClassifierModule, ExplainerModule  # noqa: E402
 
 TIME = "/usr/bin/time"
 

@@ -18,18 +18,15 @@ import argparse
 import json
 import math
 import platform
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from explainer.classifiers import build_classifier
+from explainer.metrics import InsertionDeletion, rise_blur, top_classes, trapezoid_auc
 
-from explainer.classifiers import build_classifier  # noqa: E402
-from explainer.metrics import InsertionDeletion, rise_blur, top_classes, trapezoid_auc  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @torch.no_grad()

@@ -21,18 +21,15 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from explainer.classifiers import FrozenClassifier, build_classifier  # noqa: E402
-from explainer.data.batch import collate  # noqa: E402
-from explainer.data.digits import DigitScenes  # noqa: E402
-from explainer.methods import available_methods, build_method, present_classes  # noqa: E402
+from explainer.classifiers import FrozenClassifier, build_classifier
+from explainer.data.batch import collate
+from explainer.data.digits import DigitScenes
+from explainer.methods import available_methods, build_method, present_classes
 
 DEFAULT_METHODS = ["explainer", "centre", "uniform", "gradient", "input_x_gradient", "guided_backprop", "integrated_gradients",
                    "gradcam", "gradcam++", "rise", "fido", "bbmp", "extremal"]

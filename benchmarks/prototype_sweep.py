@@ -14,13 +14,8 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from prototypes import EVAL_SCENES, SCENES, control_row, evaluate, fit_heads, prepare  # noqa: E402
+from prototypes import EVAL_SCENES, SCENES, control_row, evaluate, fit_heads, prepare
 
 
 def main(argv: list[str] | None = None) -> None:

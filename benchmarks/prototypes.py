@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,15 +48,13 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from explainer.data.base import ExplainerDataModule  # noqa: E402
-from explainer.data.cub import CUB200DataModule  # noqa: E402
-from explainer.data.digits import DigitScenesDataModule  # noqa: E402
-from explainer.metrics.prototypes import PrototypeConsistency, PrototypeStability, prototype_noise  # noqa: E402
-from explainer.modules.prototypes import PrototypeModule  # noqa: E402
-from explainer.nets.prototype_fit import decompose_class  # noqa: E402
-from explainer.nets.prototypes import PrototypeLayer, pooled_linear_head  # noqa: E402
+from explainer.data.base import ExplainerDataModule
+from explainer.data.cub import CUB200DataModule
+from explainer.data.digits import DigitScenesDataModule
+from explainer.metrics.prototypes import PrototypeConsistency, PrototypeStability, prototype_noise
+from explainer.modules.prototypes import PrototypeModule
+from explainer.nets.prototype_fit import decompose_class
+from explainer.nets.prototypes import PrototypeLayer, pooled_linear_head
 
 
 def random_split(weight: torch.Tensor, k: int, seed: int) -> torch.Tensor:
