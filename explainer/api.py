@@ -8,8 +8,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from explainer.callbacks import ExplainerMetrics, ExportExplainer
+from explainer.classifiers.source import ClassifierSpec, load_classifier
+from explainer.export import load
+from explainer.modules import ExplainerModule
 
 
 def classifier(source: Any, *, num_classes: int | None = None, **options: Any) -> Any:
@@ -26,10 +35,6 @@ def classifier(source: Any, *, num_classes: int | None = None, **options: Any) -
     Returns:
         A :class:`~explainer.classifiers.frozen.FrozenClassifier`.
     """
-    from collections.abc import Mapping
-
-    from explainer.classifiers.source import ClassifierSpec, load_classifier
-
     if isinstance(source, ClassifierSpec):
         source = {k: getattr(source, k) for k in ClassifierSpec.__dataclass_fields__}
     spec = {**source, **options} if isinstance(source, Mapping) else {"source": source, **options}
@@ -55,13 +60,6 @@ def fit(classifier: Any, datamodule: Any, export: str | Path = "checkpoints/expl
     Returns:
         The exported Explainer (:func:`explainer.load` of ``export``).
     """
-    import lightning.pytorch as pl
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
-    import explainer
-    from explainer.callbacks import ExplainerMetrics, ExportExplainer
-    from explainer.modules import ExplainerModule
-
     if not hasattr(datamodule, "class_names"):
         raise TypeError(f"explainer.fit needs a data module of this library (with class_names), got "
                         f"{type(datamodule).__name__}")
@@ -73,7 +71,7 @@ def fit(classifier: Any, datamodule: Any, export: str | Path = "checkpoints/expl
                  ModelCheckpoint(monitor="val/loss", mode="min", save_top_k=1, filename="best-{epoch:02d}-{step}")]
     callbacks += list(options.pop("callbacks", []))
     pl.Trainer(callbacks=callbacks, **options).fit(module, datamodule=datamodule)
-    return explainer.load(export)
+    return load(export)
 
 
 __all__ = ["classifier", "fit"]

@@ -20,6 +20,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 
 from explainer.checkpoint import check_resume_checkpoint
 from explainer.resume import ReproducibleResume, RunCheckpoint
+from explainer.runs import finish_loggers, run_dir
 
 DEFAULT_RUNS_DIR = "runs"
 
@@ -41,24 +42,6 @@ def default_logger(save_dir: str = DEFAULT_RUNS_DIR, name: str = DEFAULT_RUN_NAM
         "class_path": "lightning.pytorch.loggers.WandbLogger",
         "init_args": {"save_dir": save_dir, "project": name, "offline": mode != "online", "log_model": False},
     }
-
-
-def run_dir(trainer: pl.Trainer) -> Path:
-    """This run's own folder, ``<save_dir>/<name>/<version>`` (where ModelCheckpoint writes too)."""
-    if not trainer.loggers:
-        return Path(trainer.default_root_dir)
-    logger = trainer.loggers[0]
-    version = logger.version if isinstance(logger.version, str) else f"version_{logger.version}"
-    return Path(logger.save_dir or trainer.default_root_dir) / str(logger.name) / version
-
-
-def finish_loggers(trainer: pl.Trainer) -> None:
-    """Closes the run's wandb run, so that a later run in the same process gets its own."""
-    from lightning.pytorch.loggers import WandbLogger
-
-    for logger in trainer.loggers:
-        if isinstance(logger, WandbLogger) and logger._experiment is not None:
-            logger.experiment.finish()
 
 
 class SaveRunConfig(SaveConfigCallback):

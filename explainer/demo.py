@@ -25,6 +25,9 @@ from rich.console import Console
 from rich.table import Table
 
 from explainer.atomic import write_atomic
+from explainer.callbacks import ExportExplainer
+from explainer.cli import finish_loggers, make_cli, run_dir
+from explainer.evaluation import EvaluationSettings, MethodRun, evaluate_plan
 from explainer.methods import method_class
 
 console = Console()
@@ -38,8 +41,6 @@ def _stage(title: str) -> float:
 
 def train_classifier(out: Path, extra: list[str]) -> dict[str, Any]:
     """Fits and tests the quickstart classifier; copies its best checkpoint to ``out/classifier.ckpt``."""
-    from explainer.cli import finish_loggers, make_cli, run_dir
-
     cli = make_cli(["fit", "--config", str(CONFIGS / "classifier.yaml"), *extra])
     best = cli.trainer.checkpoint_callback.best_model_path
     if not best:
@@ -55,13 +56,9 @@ def train_classifier(out: Path, extra: list[str]) -> dict[str, Any]:
 
 def train_explainer(out: Path, classifier: str, extra: list[str]) -> dict[str, Any]:
     """Fits the quickstart Explainer; its ExportExplainer callback writes ``out/explainer``."""
-    from explainer.cli import finish_loggers, make_cli, run_dir
-
     cli = make_cli(["fit", "--config", str(CONFIGS / "explainer.yaml"), "--model.init_args.classifier", classifier,
                     # the last callback of the config is the ExportExplainer: export into --out
                     "--trainer.callbacks.init_args.folder", str(out / "explainer"), *extra])
-    from explainer.callbacks import ExportExplainer
-
     exported = [c.exported for c in cli.trainer.callbacks if isinstance(c, ExportExplainer) and c.exported]
     if not exported:
         raise RuntimeError("the Explainer run exported nothing; see the log above")
@@ -92,8 +89,6 @@ def evaluate_quickstart(explainer_dir: Path, datamodule: Any, classifier: Any, o
     first ``baseline_limit`` of them (without the class-specificity test, which needs every class's map);
     writes results and pictures through the same engine as ``evaluate.py``."""
     import lightning.pytorch as pl
-
-    from explainer.evaluation import EvaluationSettings, MethodRun, evaluate_plan
 
     step = datamodule.image_size * 4
     full = EvaluationSettings(limit=limit, insertion_step=step)

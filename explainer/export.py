@@ -27,8 +27,10 @@ import explainer
 from explainer.atomic import check_replaceable, replacing_folder
 from explainer.checkpoint import read_checkpoint
 from explainer.data.base import IMAGENET_MEAN, IMAGENET_STD
+from explainer.methods.base import gather_classes
 from explainer.nets.masknets import build_mask_net
 from explainer.trust import loading_from
+from explainer.viz import save_figure
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -197,8 +199,6 @@ class LoadedExplainer(nn.Module):
                              f"{classes.dtype} of shape {tuple(classes.shape)}; or pass a list of names or indices")
         elif bool(((classes < -1) | (classes >= len(self.class_names))).any()):
             raise ValueError(f"class indices must lie in [-1, {len(self.class_names) - 1}]")
-        from explainer.methods.base import gather_classes
-
         return gather_classes(masks, classes.to(masks.device).long())
 
 
@@ -324,8 +324,6 @@ def save_example_masks(model: LoadedExplainer, images: Tensor, path: str | Path,
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from explainer.callbacks.images import save_figure
 
     images = images[:max_images].cpu()
     masks = model.cpu().explain(images)

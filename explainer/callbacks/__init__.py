@@ -1,7 +1,8 @@
 """Callbacks: attribution metrics during validation/test, image panels, export."""
 
 from explainer.callbacks.explainer import ExplainerMetrics, ExportExplainer, MaskPanel
-from explainer.callbacks.images import PredictionPanel, log_figure
+from explainer.callbacks.images import PredictionPanel
 from explainer.resume import ReproducibleResume
+from explainer.viz import log_figure
 
 __all__ = ["ExplainerMetrics", "ExportExplainer", "MaskPanel", "PredictionPanel", "ReproducibleResume", "log_figure"]

@@ -12,7 +12,6 @@ from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MultilabelAccuracy, MultilabelF1Score
 
-from explainer.callbacks.images import denormalize, log_figure
 from explainer.checkpoint import read_checkpoint
 from explainer.evaluation.suite import (
     SPECS,
@@ -25,6 +24,7 @@ from explainer.evaluation.suite import (
 )
 from explainer.export import check_export_target, export_explainer
 from explainer.methods.base import gather_classes, present_classes
+from explainer.viz import denormalize, log_figure
 
 
 def _entropy(logits: torch.Tensor) -> torch.Tensor:

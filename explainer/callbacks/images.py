@@ -1,56 +1,14 @@
-"""Pictures during training: a PNG in the run folder and, with wandb, a wandb image."""
+"""Picture callbacks during training: a PNG in the run folder and, with wandb, a wandb image (drawn with
+:mod:`explainer.viz`)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.utilities import rank_zero_only
 
-from explainer.atomic import atomic_path
-from explainer.cli import run_dir
-
-
-def save_figure(fig: Any, path: str | Path) -> Path:
-    """Saves a matplotlib figure as PNG and closes it."""
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    with atomic_path(path) as temporary:
-        fig.savefig(temporary, dpi=100, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
-    plt.close(fig)
-    return path
-
-
-@rank_zero_only
-def log_figure(trainer: pl.Trainer, key: str, fig: Any) -> Path:
-    """Logs a figure: always a PNG under ``<run folder>/images/``, plus a wandb image under wandb.
-
-    Args:
-        trainer: the running trainer (gives the run folder, epoch and logger).
-        key: the image's name, e.g. ``val/masks``.
-        fig: a matplotlib figure (closed afterwards).
-
-    Returns:
-        The PNG's path.
-    """
-    name = f"{key.replace('/', '-')}-epoch{trainer.current_epoch:03d}.png"
-    path = save_figure(fig, run_dir(trainer) / "images" / name)
-    for logger in trainer.loggers:
-        if isinstance(logger, WandbLogger):
-            logger.log_image(key=key, images=[str(path)], step=trainer.global_step)
-    return path
-
-
-def denormalize(images: torch.Tensor, datamodule: Any) -> torch.Tensor:
-    """Maps normalised images back to ``[0, 1]`` with the data module's constants (ImageNet if absent)."""
-    from explainer.data.base import IMAGENET_MEAN, IMAGENET_STD
-    from explainer.data.base import denormalize as to_rgb
-
-    return to_rgb(images, getattr(datamodule, "mean", IMAGENET_MEAN), getattr(datamodule, "std", IMAGENET_STD))
+from explainer.viz import denormalize, log_figure
 
 
 class PredictionPanel(pl.Callback):

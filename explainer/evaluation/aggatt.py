@@ -21,7 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
-from explainer.callbacks.images import save_figure  # noqa: E402
+from explainer.viz import save_figure  # noqa: E402
 
 AGGATT_PERCENTILES = (0.0, 2.0, 5.0, 50.0, 95.0, 98.0, 100.0)
 

@@ -12,8 +12,8 @@ from torch import Tensor
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from explainer.callbacks.images import denormalize, save_figure  # noqa: E402
 from explainer.evaluation.aggatt import AGGATT_PERCENTILES, aggatt_bins, draw_aggatt_row, save_aggatt  # noqa: E402
+from explainer.viz import denormalize, save_figure  # noqa: E402
 
 
 def save_example_grid(examples: dict[str, dict[str, Tensor]], datamodule: Any, path: Path,

@@ -26,7 +26,8 @@ from explainer.methods.base import (
     present_classes,
     register_method,
 )
-from explainer.methods.cam import GradCAM, GradCAMPlusPlus, default_cam_layer, layer_by_role
+from explainer.methods.cam import GradCAM, GradCAMPlusPlus
+from explainer.methods.common import default_cam_layer, layer_by_role
 from explainer.methods.explainer import ExplainerAttribution  # noqa: F401  (registers "explainer")
 from explainer.methods.extremal import BlurPyramid, ExtremalPerturbation, SmoothMask
 from explainer.methods.fido import BBMP, FIDO

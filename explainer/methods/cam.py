@@ -23,75 +23,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from explainer.classifiers.factory import ClassifierNet
 from explainer.methods.base import AttributionMethod, check_classes, register_method
 from explainer.methods.common import (
     chunk_slices,
     eval_mode,
-    named_layers,
+    layer_by_role,
     resolve_layer,
     scatter_pairs,
     valid_pairs,
 )
-
-
-def default_cam_layer(classifier: nn.Module) -> str:
-    """The default Grad-CAM layer name of ``classifier`` (see the module docstring).
-
-    The last child of ``features``; when that child is a stage of blocks (ResNet ``layer4``), its last
-    block. Works on a :class:`ClassifierNet` or a wrapper with a ``net`` attribute holding one.
-
-    Raises:
-        ValueError: for a model without a ``features`` part, listing the layer names to choose from.
-    """
-    wrapped = getattr(classifier, "net", None)
-    if isinstance(getattr(wrapped, "default_layer", None), str):  # a protocol wrapper: its grid feature map
-        return f"net.{wrapped.default_layer}"
-    prefix, net = "", classifier
-    if not isinstance(net, ClassifierNet) and isinstance(getattr(classifier, "net", None), ClassifierNet):
-        prefix, net = "net.", classifier.net
-    if not isinstance(net, ClassifierNet) or net.features is None:
-        raise ValueError(
-            f"cannot choose a default Grad-CAM layer for {type(classifier).__name__} (no 'features' part); "
-            f"pass layer=<name>, one of: {', '.join(named_layers(classifier))}"
-        )
-    feats = net.features
-    name = f"{prefix}features"
-    if isinstance(feats, nn.Sequential) and len(feats) > 0:
-        name += f".{len(feats) - 1}"
-        last = feats[-1]
-        if isinstance(last, nn.Sequential) and len(last) > 0 and len(list(last[-1].children())) > 0:
-            name += f".{len(last) - 1}"
-    return name
-
-
-def layer_by_role(classifier: nn.Module, layer: str | None) -> str | None:
-    """Resolves a layer spec for layer attribution (ML-Att): ``input`` (or ``None``) gives ``None`` (the
-    image itself); ``final`` the default Grad-CAM layer (:func:`default_cam_layer`); ``middle`` the block
-    halfway through the classifier's ``features``; anything else is taken as a dotted module name.
-
-    Raises:
-        ValueError: ``middle`` on a model without a ``features`` sequence, or on a DiFull wrapper (whose
-            backbone sees the cells one by one, so its inner layers hold no grid-shaped map).
-    """
-    if layer is None or layer == "input":
-        return None
-    if layer == "final":
-        return default_cam_layer(classifier)
-    if layer != "middle":
-        return layer
-    wrapped = getattr(classifier, "net", None)
-    if getattr(wrapped, "protocol", None) == "difull":
-        raise ValueError("under DiFull only the input and final layers hold one map per grid (the backbone sees "
-                         "each cell separately); use --layer input or final")
-    prefix, net = ("net.base.", wrapped.base) if hasattr(wrapped, "base") else ("", classifier)
-    if not isinstance(net, ClassifierNet) and isinstance(getattr(net, "net", None), ClassifierNet):
-        prefix, net = "net.", net.net
-    feats = getattr(net, "features", None)
-    if not isinstance(feats, nn.Sequential) or len(feats) < 2:
-        raise ValueError(f"cannot choose a middle layer for {type(classifier).__name__}; pass a layer name, one "
-                         f"of: {', '.join(named_layers(classifier))}")
-    return f"{prefix}features.{len(feats) // 2 - 1}"
 
 
 def cam_weights(activations: Tensor, grads: Tensor, variant: str) -> Tensor:

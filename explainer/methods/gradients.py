@@ -31,7 +31,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from explainer.methods.base import AttributionMethod, check_classes, register_method
-from explainer.methods.common import chunk_slices, eval_mode, resolve_layer, scatter_pairs, valid_pairs
+from explainer.methods.common import (
+    chunk_slices,
+    eval_mode,
+    layer_by_role,
+    resolve_layer,
+    scatter_pairs,
+    valid_pairs,
+)
 
 
 def _captum_attr() -> Any:
@@ -102,8 +109,6 @@ class _CaptumMethod(AttributionMethod):
             raise ValueError(f"{type(self).__name__} needs the classifier to explain")
         self.batch_size = int(batch_size)
         self.absolute = self.default_absolute if absolute is None else bool(absolute)
-        from explainer.methods.cam import layer_by_role
-
         self.layer = layer_by_role(classifier, layer) if layer is not None else None
         if self.layer is not None:
             if self.layer_kind is None:

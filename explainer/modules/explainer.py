@@ -10,9 +10,12 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
+from explainer.classifiers.frozen import state_hash
+from explainer.classifiers.protocols import wrap_for_protocol
 from explainer.classifiers.source import check_class_names, classifier_hparams, load_classifier
 from explainer.data.base import IMAGENET_MEAN, IMAGENET_STD
 from explainer.data.batch import Batch
+from explainer.export import read_mask_net_state
 from explainer.losses import LossWeights, explainer_loss, target_masks
 from explainer.modules.guards import SafeLoading, stop_if_not_finite
 from explainer.modules.stage_means import log_mean
@@ -123,8 +126,6 @@ class ExplainerModule(SafeLoading, pl.LightningModule):
             check_class_names(base, class_names, num_classes)
             self.classifier = base
         else:
-            from explainer.classifiers.protocols import wrap_for_protocol
-
             self.classifier = wrap_for_protocol(base, protocol, grid_size)
         reference = self.classifier.reference
         if not any(True for _ in self.classifier.parameters()):
@@ -152,8 +153,6 @@ class ExplainerModule(SafeLoading, pl.LightningModule):
 
     # -- construction helpers ---------------------------------------------------------------------------
     def _init_mask_net_from(self, source: str) -> None:
-        from explainer.export import read_mask_net_state
-
         state, old_classes, spec = read_mask_net_state(source)
         if spec["name"] != self.hparams.mask_net:
             raise ValueError(
@@ -246,8 +245,6 @@ class ExplainerModule(SafeLoading, pl.LightningModule):
 
     def check_classifier_unchanged(self) -> None:
         """The freeze, checked: the classifier's weights and buffers hash as they did before training."""
-        from explainer.classifiers.frozen import state_hash
-
         now = state_hash(self.classifier.net)
         if now != self.hparams.classifier_hash:
             raise RuntimeError(f"the classifier '{self.classifier.reference}' changed during training (weights hash "

@@ -31,6 +31,7 @@ from explainer.metrics.prototypes import PrototypeConsistency, PrototypeStabilit
 from explainer.modules.guards import SafeLoading
 from explainer.nets.prototype_fit import LocationReservoir, bottom_k_insert, decompose_class
 from explainer.nets.prototypes import PrototypeLayer, pooled_linear_head
+from explainer.viz import denormalize, gallery_figure, log_figure, top_patches
 
 _HASH_KEY = "prototype_classifier_hash"
 
@@ -295,9 +296,6 @@ class PrototypeModule(SafeLoading, pl.LightningModule):
     def _draw_gallery(self) -> None:
         if self._pool is None:
             return
-        from explainer.callbacks.images import denormalize, log_figure
-        from explainer.callbacks.prototype_gallery import gallery_figure, top_patches
-
         keys, store, _ = self._pool
         names = self.hparams.class_names or [str(c) for c in range(self.hparams.num_classes)]
         datamodule = getattr(self.trainer, "datamodule", None)

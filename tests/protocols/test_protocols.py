@@ -25,7 +25,7 @@ from explainer.data.grid import Candidates, GridDataset, choose_threshold, grid_
 from explainer.evaluation.aggatt import aggatt_bins, save_aggatt
 from explainer.evaluation.plan import expand_methods
 from explainer.methods import build_method
-from explainer.methods.cam import layer_by_role
+from explainer.methods.common import layer_by_role
 from explainer.metrics.localisation import LocalisationScore, localisation_scores
 from explainer.nets.masknets import build_mask_net, transfer_class_heads
 

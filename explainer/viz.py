@@ -1,12 +1,61 @@
-"""The prototype gallery: each prototype shown by its top-activating training patches."""
+"""Figures: saving and logging matplotlib figures, images back to RGB, the prototype gallery.
+
+Usable by every layer above the data (modules, callbacks, evaluation, export); matplotlib is imported when a
+figure is drawn.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
+
+from explainer.atomic import atomic_path
+from explainer.data.base import IMAGENET_MEAN, IMAGENET_STD
+from explainer.data.base import denormalize as to_rgb
+from explainer.runs import run_dir
+
+
+def save_figure(fig: Any, path: str | Path) -> Path:
+    """Saves a matplotlib figure as PNG and closes it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    with atomic_path(path) as temporary:
+        fig.savefig(temporary, dpi=100, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
+    plt.close(fig)
+    return path
+
+
+@rank_zero_only
+def log_figure(trainer: pl.Trainer, key: str, fig: Any) -> Path:
+    """Logs a figure: always a PNG under ``<run folder>/images/``, plus a wandb image under wandb.
+
+    Args:
+        trainer: the running trainer (gives the run folder, epoch and logger).
+        key: the image's name, e.g. ``val/masks``.
+        fig: a matplotlib figure (closed afterwards).
+
+    Returns:
+        The PNG's path.
+    """
+    name = f"{key.replace('/', '-')}-epoch{trainer.current_epoch:03d}.png"
+    path = save_figure(fig, run_dir(trainer) / "images" / name)
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            logger.log_image(key=key, images=[str(path)], step=trainer.global_step)
+    return path
+
+
+def denormalize(images: torch.Tensor, datamodule: Any) -> torch.Tensor:
+    """Maps normalised images back to ``[0, 1]`` with the data module's constants (ImageNet if absent)."""
+    return to_rgb(images, getattr(datamodule, "mean", IMAGENET_MEAN), getattr(datamodule, "std", IMAGENET_STD))
 
 
 def top_patches(images: Tensor, maps: Tensor, num_patches: int = 6, box_fraction: float = 72 / 224
@@ -71,4 +120,4 @@ def gallery_figure(patches: Tensor, scores: Tensor, class_name: str, num_prototy
     return fig
 
 
-__all__ = ["gallery_figure", "top_patches"]
+__all__ = ["denormalize", "gallery_figure", "log_figure", "save_figure", "top_patches"]
