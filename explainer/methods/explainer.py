@@ -7,7 +7,6 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from explainer.export import load
 from explainer.methods.base import AttributionMethod, check_classes, gather_classes, register_method
 
 
@@ -35,6 +34,8 @@ class ExplainerAttribution(AttributionMethod):
         if (path is None) == (model is None):
             raise ValueError("the 'explainer' method needs exactly one of path=<export folder or .ckpt> or model=")
         if model is None:
+            from explainer.export import load  # here: explainer.export imports this package
+
             model = load(path)
         self.model = model.eval()
 
