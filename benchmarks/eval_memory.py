@@ -29,10 +29,11 @@ import tempfile
 from pathlib import Path
 
 import torch
+from _shared import untrained_classifier_checkpoint
 
 from explainer.evaluation.results import write_atomic
 from explainer.export import export_explainer
-from explainer.modules import ClassifierModule, ExplainerModule
+from explainer.modules import ExplainerModule
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -41,15 +42,7 @@ TIME = "/usr/bin/time"
 
 def make_models(folder: Path) -> tuple[Path, Path]:
     """A digitnet classifier checkpoint and an Explainer export for it (untrained weights)."""
-    import lightning.pytorch as pl
-
-    torch.manual_seed(0)
-    classifier = ClassifierModule(backbone="digitnet", num_classes=10, class_names=[str(i) for i in range(10)])
-    trainer = pl.Trainer(max_steps=0, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                         default_root_dir=str(folder))
-    trainer.strategy.connect(classifier)
-    ckpt = folder / "classifier.ckpt"
-    trainer.save_checkpoint(ckpt, weights_only=False)
+    ckpt = untrained_classifier_checkpoint(folder)
     explainer = ExplainerModule(str(ckpt), mask_net="classifier_unet",
                                 mask_net_kwargs={"backbone": "digitnet", "width": 32})
     return ckpt, export_explainer(explainer, folder / "explainer")

@@ -35,13 +35,14 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 import yaml
+from _shared import untrained_classifier_checkpoint
 from rich.console import Console
 from rich.table import Table
 
 from explainer.atomic import write_atomic
 from explainer.callbacks import ExplainerMetrics, MaskPanel
 from explainer.data.digits import DigitScenesDataModule
-from explainer.modules import ClassifierModule, ExplainerModule
+from explainer.modules import ExplainerModule
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "configs" / "quickstart" / "explainer.yaml"
@@ -58,18 +59,6 @@ def median_seconds(fn: Callable[[], Any], repeats: int, warmup: int = 2) -> floa
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
-
-
-def write_classifier(folder: Path) -> Path:
-    """A ``ClassifierModule`` checkpoint of digitnet with random weights, as ``train.py`` writes one."""
-    torch.manual_seed(0)
-    module = ClassifierModule(backbone="digitnet", num_classes=10, class_names=[str(i) for i in range(10)])
-    trainer = pl.Trainer(max_steps=0, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                         default_root_dir=str(folder))
-    trainer.strategy.connect(module)
-    path = folder / "classifier.ckpt"
-    trainer.save_checkpoint(path)
-    return path
 
 
 def quickstart_module(classifier: Path) -> tuple[ExplainerModule, DigitScenesDataModule]:
@@ -99,7 +88,7 @@ class BatchTimer(pl.Callback):
 
 def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     torch.manual_seed(0)
-    module, data = quickstart_module(write_classifier(work))
+    module, data = quickstart_module(untrained_classifier_checkpoint(work))
     data.setup("fit")
     batch = next(iter(data.train_dataloader()))
     module.setup("fit")

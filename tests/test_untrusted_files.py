@@ -238,3 +238,23 @@ def test_load_from_checkpoint_treats_the_checkpoint_as_data(evil, tmp_path):
     _, honest = write_classifier_checkpoint(tmp_path / "h")
     loaded = ClassifierModule.load_from_checkpoint(honest, weights_only=True, allow_factories=["tests.helpers:tiny_net"])
     assert loaded.hparams.num_classes == 10
+
+
+def test_explainer_checkpoint_whose_classifier_spec_names_a_factory(evil, tmp_path, monkeypatch):
+    """The classifier spec recorded in an Explainer checkpoint (``{source: pkg.module:factory, weights}``) is
+    data too: rebuilding the module refuses the factory before any import."""
+    from explainer.modules import ExplainerModule
+
+    name, _ = evil
+    monkeypatch.setenv("EXPLAINER_ALLOW_FACTORIES", "tests.helpers:tiny_net")
+    module, _ = _honest_export(tmp_path)
+    monkeypatch.delenv("EXPLAINER_ALLOW_FACTORIES")
+    torch.save({}, tmp_path / "w.pt")
+    path = tmp_path / "explainer.ckpt"
+    hp = dict(module.hparams)
+    hp["classifier"] = {"source": f"{name}:factory", "weights": str(tmp_path / "w.pt")}
+    hp["_class_path"] = "explainer.modules.ExplainerModule"
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": hp, "pytorch-lightning_version": "2.6.6"},
+               path)
+    with pytest.raises(UntrustedFactoryError, match=rf"'{name}:factory'"):
+        ExplainerModule.load_from_checkpoint(path)
