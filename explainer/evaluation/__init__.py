@@ -8,7 +8,6 @@
 * :mod:`~explainer.evaluation.plan`: method variants (layers, smoothing) and options;
 * :mod:`~explainer.evaluation.runner`: the one loop over methods (results after every method, figures,
   loggers); :mod:`~explainer.evaluation.results` and :mod:`~explainer.evaluation.figures`: files;
-* :mod:`~explainer.evaluation.aggatt`: AggAtt bins of the grid protocols;
 * :mod:`~explainer.evaluation.cli`: ``evaluate.py``.
 """
 

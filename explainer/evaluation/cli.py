@@ -46,14 +46,13 @@ from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcess
 from rich.console import Console
 
 from explainer.classifiers.frozen import state_hash
-from explainer.classifiers.protocols import PROTOCOLS, wrap_for_protocol
 from explainer.classifiers.source import ClassifierSpec, check_class_names, load_classifier
 from explainer.cli import default_logger
-from explainer.data.grid import GridDataModule
 from explainer.evaluation.plan import make_plan, parse_layers, parse_methods
 from explainer.evaluation.results import previous_rows
 from explainer.evaluation.runner import evaluate_plan
 from explainer.evaluation.suite import METRIC_GROUPS, EvaluationSettings, parse_metrics
+from explainer.protocols import PROTOCOLS, GridDataModule, get_protocol, wrap_for_protocol
 
 TRAINER_FORCED = {"inference_mode": False, "use_distributed_sampler": False}
 """Trainer options the evaluation needs: gradient methods need autograd, and ranks get unpadded shards."""
@@ -105,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--layer", default=None, help="ML-Att: comma list of layers for the gradient methods and Grad-CAM "
                                       "(input, middle, final or a module name)")
     add("--smooth", type=int, default=None, metavar="K", help="smooth every map with a Gaussian of odd kernel K")
-    add("--protocol", choices=list(PROTOCOLS), default=None,
+    add("--protocol", choices=PROTOCOLS.names(), default=None,
         help="evaluate on grids of the test split under this protocol (localisation score)")
     add("--grid-size", type=int, default=2, help="n of the n x n grids (with --protocol)")
     add("--confidence", type=float, default=0.99, help="least classifier confidence of a grid cell's image")
@@ -234,7 +233,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
               "insertion_step": args.insertion_step, "protocol": args.protocol,
               "precision": str(trainer.precision)}
     if args.protocol is not None:
-        record.update(grid_size=args.grid_size, confidence=args.confidence, targets=args.protocol)
+        protocol = get_protocol(args.protocol)
+        record.update(grid_size=args.grid_size, confidence=args.confidence, targets=protocol.explained(args.grid_size))
         datamodule = GridDataModule(datamodule, args.classifier, protocol=args.protocol, grid_size=args.grid_size,
                                     confidence=args.confidence, test_grids=args.limit or 200, seed=args.seed,
                                     batch_size=datamodule.batch_size, num_workers=datamodule.num_workers)

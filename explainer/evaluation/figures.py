@@ -12,7 +12,7 @@ from torch import Tensor
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from explainer.evaluation.aggatt import AGGATT_PERCENTILES, aggatt_bins, draw_aggatt_row, save_aggatt  # noqa: E402
+from explainer.protocols.aggatt import AGGATT_PERCENTILES, aggatt_bins, draw_aggatt_row, save_aggatt  # noqa: E402
 from explainer.viz import denormalize, save_figure  # noqa: E402
 
 

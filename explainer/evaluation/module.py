@@ -22,7 +22,6 @@ from torch.utils.data import Subset
 
 from explainer.classifiers.frozen import FrozenClassifier
 from explainer.data.batch import Batch, collate
-from explainer.data.grid import grid_targets
 from explainer.data.loader import SkipReportingLoader
 from explainer.evaluation.states import BatchMoments, KeptMaps, ShardedBatches, Totals
 from explainer.evaluation.suite import (
@@ -38,6 +37,7 @@ from explainer.evaluation.suite import (
 from explainer.methods.base import AttributionMethod, present_classes
 from explainer.metrics.causal import insertion_deletion_curves
 from explainer.metrics.localisation import localisation_scores
+from explainer.protocols import get_protocol, grid_targets
 
 EXAMPLES = 6
 
@@ -201,7 +201,7 @@ class AttributionEvaluation(pl.LightningModule):
 
     # -- rows ---------------------------------------------------------------------------------------------
     def on_test_epoch_end(self) -> None:
-        targets = self.protocol or self.settings.targets
+        targets = get_protocol(self.protocol).explained(self.grid_size) if self.protocol else self.settings.targets
         totals = {k: float(v) for k, v in self.totals.compute().items()}
         rows = []
         for name, metric in self.metrics.items():

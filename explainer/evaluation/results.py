@@ -1,8 +1,8 @@
 """Result files: ``results.json`` rows, ``results.md``, ``settings.json``, all written atomically.
 
 Rows are ``{method, metric, value, n, stderr, targets}``. ``targets`` says which classes were explained:
-``labels`` (the ground-truth classes, as in the Explainer paper), ``predictions`` (the classifier's) or
-the grid protocol. ``stderr`` is the batch-means standard error (the standard deviation of the per-batch
+``labels`` (the ground-truth classes, as in the Explainer paper), ``predictions`` (the classifier's) or,
+under a grid protocol, the scored cells (``cells 0,3``; the protocol names the metric: ``difull.mean``). ``stderr`` is the batch-means standard error (the standard deviation of the per-batch
 values over the square root of the number of batches; for the grid protocols' mean, over the per-map
 scores). ``settings.json`` records what the rows were computed under (classifier, data, limit, targets and
 the protocol choices), so that ``--resume`` never mixes rows of different settings.

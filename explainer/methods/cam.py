@@ -34,10 +34,13 @@ from explainer.methods.common import (
 )
 
 
-def cam_weights(activations: Tensor, grads: Tensor, variant: str) -> Tensor:
-    """Channel weights ``[N, D]`` of Grad-CAM (``gradcam``) or Grad-CAM++ (``gradcam++``)."""
-    if variant == "gradcam":
-        return grads.mean(dim=(2, 3))
+def gradcam_weights(activations: Tensor, grads: Tensor) -> Tensor:
+    """Grad-CAM's channel weights ``[N, D]``: the spatial mean of the gradients."""
+    return grads.mean(dim=(2, 3))
+
+
+def gradcam_plus_plus_weights(activations: Tensor, grads: Tensor) -> Tensor:
+    """Grad-CAM++'s channel weights ``[N, D]``: positive gradients weighted by the closed-form alphas."""
     g2 = grads.pow(2)
     g3 = g2 * grads
     total = activations.sum(dim=(2, 3), keepdim=True)
@@ -84,7 +87,7 @@ class _CAM(AttributionMethod):
         score = logits.gather(1, targets.view(-1, 1)).sum()
         (grads,) = torch.autograd.grad(score, acts)
         acts, grads = acts.detach().float(), grads.float()
-        weights = cam_weights(acts, grads, self.variant)
+        weights = self.channel_weights(acts, grads)
         return torch.relu((weights[:, :, None, None] * acts).sum(1))
 
     def attribute(self, images: Tensor, classes: Tensor, **kwargs: Any) -> Tensor:
@@ -115,7 +118,7 @@ class GradCAM(_CAM):
 
     name = "gradcam"
     layer_forms = ("middle", "final")
-    variant = "gradcam"
+    channel_weights = staticmethod(gradcam_weights)
 
 
 @register_method
@@ -124,4 +127,4 @@ class GradCAMPlusPlus(_CAM):
 
     name = "gradcam++"
     layer_forms = ("middle", "final")
-    variant = "gradcam++"
+    channel_weights = staticmethod(gradcam_plus_plus_weights)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from explainer.classifiers.factory import ClassifierNet
+from explainer.protocols.wrappers import ProtocolNet
 
 ACTIVATIONS = ("sigmoid", "softmax")
 
@@ -205,8 +206,9 @@ def layer_by_role(classifier: nn.Module, layer: str | None) -> str | None:
     halfway through the classifier's ``features``; anything else is taken as a dotted module name.
 
     Raises:
-        ValueError: ``middle`` on a model without a ``features`` sequence, or on a DiFull wrapper (whose
-            backbone sees the cells one by one, so its inner layers hold no grid-shaped map).
+        ValueError: ``middle`` on a model without a ``features`` sequence, or under a protocol whose
+            ``layers`` leave it out (DiFull: the backbone sees the cells one by one, so its inner layers hold
+            no grid-shaped map).
     """
     if layer is None or layer == "input":
         return None
@@ -215,9 +217,8 @@ def layer_by_role(classifier: nn.Module, layer: str | None) -> str | None:
     if layer != "middle":
         return layer
     wrapped = getattr(classifier, "net", None)
-    if getattr(wrapped, "protocol", None) == "difull":
-        raise ValueError("under DiFull only the input and final layers hold one map per grid (the backbone sees "
-                         "each cell separately); use --layer input or final")
+    if isinstance(wrapped, ProtocolNet):
+        wrapped.spec.check_layer(layer)
     prefix, net = ("net.base.", wrapped.base) if hasattr(wrapped, "base") else ("", classifier)
     if not isinstance(net, ClassifierNet) and isinstance(getattr(net, "net", None), ClassifierNet):
         prefix, net = "net.", net.net

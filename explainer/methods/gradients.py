@@ -51,8 +51,8 @@ def _captum_attr() -> Any:
     return captum.attr
 
 
-def layer_attribution(classifier: nn.Module, layer: nn.Module, inputs: Tensor, targets: Tensor, kind: str,
-                      steps: int = 1) -> Tensor:
+def layer_attribution(classifier: nn.Module, layer: nn.Module, inputs: Tensor, targets: Tensor,
+                      times_activation: bool = False, path_steps: int = 0) -> Tensor:
     """Per-channel attributions ``[N, D, h, w]`` at ``layer``'s output (see the module docstring).
 
     Args:
@@ -60,13 +60,13 @@ def layer_attribution(classifier: nn.Module, layer: nn.Module, inputs: Tensor, t
         layer: a module of ``classifier`` whose output is a ``[N, D, h, w]`` tensor.
         inputs: ``[N, 3, H, W]`` images.
         targets: ``[N]`` class index per image.
-        kind: ``gradient``, ``input_x_gradient`` or ``integrated_gradients``.
-        steps: path points of integrated gradients (midpoint rule).
+        times_activation: multiply the gradients by the activations (input x gradient, integrated gradients).
+        path_steps: points of the path integral from zero activations (integrated gradients, midpoint rule);
+            0 for plain gradients at the activations.
     """
     store: dict[str, Tensor] = {}
-    reps = steps if kind == "integrated_gradients" else 1
-    alphas = ((torch.arange(reps, device=inputs.device, dtype=inputs.dtype) + 0.5) / reps
-              if kind == "integrated_gradients" else None)
+    reps = max(int(path_steps), 1)
+    alphas = (torch.arange(reps, device=inputs.device, dtype=inputs.dtype) + 0.5) / reps if path_steps else None
 
     def hook(module: nn.Module, args: object, output: object) -> Tensor:
         if not isinstance(output, Tensor) or output.ndim != 4:
@@ -94,13 +94,13 @@ def layer_attribution(classifier: nn.Module, layer: nn.Module, inputs: Tensor, t
     score = logits.gather(1, targets.repeat(reps).view(-1, 1)).sum()
     (grads,) = torch.autograd.grad(score, store["z"])
     grads = grads.reshape(reps, -1, *grads.shape[1:]).mean(0)
-    return grads if kind == "gradient" else grads * store["a"]
+    return grads * store["a"] if times_activation else grads
 
 
 class _CaptumMethod(AttributionMethod):
     needs_grad = True
     default_absolute = False
-    layer_kind: str | None = None  # the kind of layer_attribution, None: no layer form
+    layer_times_activation = False  # the layer form multiplies the gradients by the activations
 
     def __init__(self, classifier: nn.Module | None = None, batch_size: int = 64, absolute: bool | None = None,
                  layer: str | None = None) -> None:
@@ -111,20 +111,20 @@ class _CaptumMethod(AttributionMethod):
         self.absolute = self.default_absolute if absolute is None else bool(absolute)
         self.layer = layer_by_role(classifier, layer) if layer is not None else None
         if self.layer is not None:
-            if self.layer_kind is None:
+            if not {"middle", "final"} & set(self.layer_forms):
                 raise ValueError(f"{type(self).__name__} has no layer form; run it at the input (no layer)")
             resolve_layer(classifier, self.layer)  # fails early, listing the valid names
 
-    def layer_steps(self) -> int:
-        return 1
+    def layer_path_steps(self) -> int:
+        """Points of the layer form's path integral; 0: none."""
+        return 0
 
     def per_channel(self, inputs: Tensor, targets: Tensor) -> Tensor:
         """Per-channel attributions at the input (captum) or at ``layer``, upsampled to the input size."""
         if self.layer is None:
             return self.captum_attribute(inputs, targets)
-        attr = layer_attribution(self.classifier, resolve_layer(self.classifier, self.layer), inputs, targets,
-                                 self.layer_kind or "", self.layer_steps())
-        return attr
+        return layer_attribution(self.classifier, resolve_layer(self.classifier, self.layer), inputs, targets,
+                                 self.layer_times_activation, self.layer_path_steps())
 
     def captum_attribute(self, inputs: Tensor, targets: Tensor) -> Tensor:
         """Per-channel attributions ``[N, 3, H, W]`` from captum."""
@@ -162,7 +162,6 @@ class Gradient(_CaptumMethod):
     name = "gradient"
     layer_forms = ("input", "middle", "final")
     default_absolute = True
-    layer_kind = "gradient"
 
     def captum_attribute(self, inputs: Tensor, targets: Tensor) -> Tensor:
         return _captum_attr().Saliency(self.classifier).attribute(inputs, target=targets, abs=False)
@@ -181,7 +180,7 @@ class InputXGradient(_CaptumMethod):
 
     name = "input_x_gradient"
     layer_forms = ("input", "middle", "final")
-    layer_kind = "input_x_gradient"
+    layer_times_activation = True
 
     def captum_attribute(self, inputs: Tensor, targets: Tensor) -> Tensor:
         return _captum_attr().InputXGradient(self.classifier).attribute(inputs, target=targets)
@@ -202,7 +201,7 @@ class IntegratedGradients(_CaptumMethod):
 
     name = "integrated_gradients"
     layer_forms = ("input", "middle", "final")
-    layer_kind = "integrated_gradients"
+    layer_times_activation = True
 
     def __init__(self, classifier: nn.Module | None = None, steps: int = 50, batch_size: int = 64,
                  absolute: bool | None = None, layer: str | None = None) -> None:
@@ -211,7 +210,7 @@ class IntegratedGradients(_CaptumMethod):
             raise ValueError(f"steps must be >= 1, got {steps}")
         self.steps = int(steps)
 
-    def layer_steps(self) -> int:
+    def layer_path_steps(self) -> int:
         return self.steps
 
     def captum_attribute(self, inputs: Tensor, targets: Tensor) -> Tensor:

@@ -11,7 +11,6 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from explainer.classifiers.frozen import state_hash
-from explainer.classifiers.protocols import wrap_for_protocol
 from explainer.classifiers.source import check_class_names, classifier_hparams, load_classifier
 from explainer.data.base import IMAGENET_MEAN, IMAGENET_STD
 from explainer.data.batch import Batch
@@ -20,6 +19,7 @@ from explainer.losses import LossWeights, explainer_loss, target_masks
 from explainer.modules.guards import SafeLoading, stop_if_not_finite
 from explainer.modules.stage_means import log_mean
 from explainer.nets.masknets import build_mask_net, class_head_plan, transfer_class_heads
+from explainer.protocols import get_protocol, wrap_for_protocol
 
 
 def gaussian_blur(images: Tensor, sigma: float) -> Tensor:
@@ -80,7 +80,7 @@ class ExplainerModule(SafeLoading, pl.LightningModule):
             classifier stays frozen.
         classifier_hash: the classifier's content hash, recorded at the first run and checked on loading.
         protocol: explain the classifier wrapped for a grid protocol (``gridpg``, ``difull``, ``dipart``;
-            :mod:`explainer.classifiers.protocols`), trained on :class:`~explainer.data.grid.GridDataModule`
+            :mod:`explainer.protocols`), trained on :class:`~explainer.protocols.GridDataModule`
             grids; for DiFull and DiPart the classes are the ``n^2 x C`` per-cell classes.
         grid_size: ``n`` of the grids of ``protocol``.
     """
@@ -108,7 +108,7 @@ class ExplainerModule(SafeLoading, pl.LightningModule):
         init_from: str | None = None,
         encoder_from_classifier: bool = False,
         classifier_hash: str | None = None,
-        protocol: Literal["gridpg", "difull", "dipart"] | None = None,
+        protocol: str | None = None,
         grid_size: int = 2,
     ) -> None:
         super().__init__()
@@ -117,7 +117,7 @@ class ExplainerModule(SafeLoading, pl.LightningModule):
         if not 0 <= min_area <= max_area <= 1:
             raise ValueError(f"need 0 <= min_area <= max_area <= 1, got {min_area}, {max_area}")
         self.save_hyperparameters(ignore=["classifier"])
-        cells = 1 if protocol in (None, "gridpg") else grid_size**2
+        cells = 1 if protocol is None else get_protocol(protocol).label_cells(grid_size)
         if num_classes % cells:
             raise ValueError(f"num_classes={num_classes} is not a multiple of the {cells} cells of {protocol}")
         base = load_classifier(classifier, num_classes=num_classes // cells)

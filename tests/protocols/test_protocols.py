@@ -12,22 +12,23 @@ from torch import nn
 
 from explainer.classifiers.factory import build_classifier
 from explainer.classifiers.frozen import FrozenClassifier
-from explainer.classifiers.protocols import (
-    cell_class_names,
+from explainer.data.batch import Sample
+from explainer.evaluation.plan import expand_methods
+from explainer.methods import build_method
+from explainer.methods.common import layer_by_role
+from explainer.metrics.localisation import LocalisationScore, localisation_scores
+from explainer.nets.masknets import build_mask_net, transfer_class_heads
+from explainer.protocols import (
+    GridDataset,
     cell_slices,
     check_cell_independence,
     split_cells,
     tile_cells,
     wrap_for_protocol,
 )
-from explainer.data.batch import Sample
-from explainer.data.grid import Candidates, GridDataset, choose_threshold, grid_targets, score_source
-from explainer.evaluation.aggatt import aggatt_bins, save_aggatt
-from explainer.evaluation.plan import expand_methods
-from explainer.methods import build_method
-from explainer.methods.common import layer_by_role
-from explainer.metrics.localisation import LocalisationScore, localisation_scores
-from explainer.nets.masknets import build_mask_net, transfer_class_heads
+from explainer.protocols.aggatt import aggatt_bins, save_aggatt
+from explainer.protocols.base import get_protocol
+from explainer.protocols.grid import Candidates, choose_threshold, grid_targets, score_source
 
 
 # -- localisation score ---------------------------------------------------------------------------------
@@ -109,7 +110,7 @@ def test_difull_logits_of_a_cell_never_depend_on_the_other_cells(frozen):
     for cell in range(4):
         rows, cols = cell_slices((64, 64), 2, cell)
         assert torch.allclose(logits[:, cell], frozen(grid[..., rows, cols]), atol=1e-5)
-    assert wrapped.class_names == cell_class_names(list("abcde"), 2) and wrapped.num_classes == 20
+    assert wrapped.class_names == get_protocol("difull").class_names(list("abcde"), 2) and wrapped.num_classes == 20
 
 
 def test_dipart_cells_see_their_neighbours_but_gridpg_is_the_classifier_on_the_grid(frozen):
@@ -273,7 +274,7 @@ def test_grid_targets_score_every_cell_for_gridpg_and_the_repeated_pair_otherwis
 def test_per_cell_classes_start_from_their_digit_head():
     old = build_mask_net("unet", 3, width=4, depth=2)
     new = build_mask_net("unet", 12, width=4, depth=2)
-    state = transfer_class_heads(new, old.state_dict(), ["a", "b", "c"], cell_class_names(["a", "b", "c"], 2))
+    state = transfer_class_heads(new, old.state_dict(), ["a", "b", "c"], get_protocol("dipart").class_names(["a", "b", "c"], 2))
     new.load_state_dict(state)
     head = [k for k in state if k.startswith(new.head_prefix) and k.endswith("weight")][0]
     assert torch.equal(state[head][3 + 1], old.state_dict()[head][1])  # cell1:b <- b
@@ -308,15 +309,15 @@ def test_method_expansion_over_layers_and_smoothing():
 def test_evaluate_protocol_end_to_end(tmp_path, repo, monkeypatch):
     """The CLI on tiny digit grids; the confidence vetting (tested above) is bypassed: every cell image counts
     as confidently right, since a random classifier is rarely right."""
-    from explainer import data as data_pkg
     from explainer.evaluation.cli import main
+    from explainer.protocols import grid as grid_module
     from tests.helpers import write_classifier_checkpoint
 
     def everyone(dataset, classifier, **kwargs):
         labels = torch.stack([dataset[i].labels for i in range(len(dataset))]).argmax(1).numpy()
         return np.arange(len(labels)), labels, np.ones(len(labels), np.float32)
 
-    monkeypatch.setattr(data_pkg.grid, "score_source", everyone)
+    monkeypatch.setattr(grid_module, "score_source", everyone)
     _, ckpt = write_classifier_checkpoint(tmp_path)
     out = tmp_path / "difull"
     args = ["--data", str(repo / "configs/data/digits_single.yaml"), "--data-arg", "image_size=32",
@@ -330,6 +331,7 @@ def test_evaluate_protocol_end_to_end(tmp_path, repo, monkeypatch):
     assert value[("gradient@input", "difull.mean")] == pytest.approx(1.0)  # DiFull: no gradient leaves the cell
     assert value[("centre", "difull.median")] < 0.5
     assert all(r["n"] == 16 for r in rows if r["metric"].startswith("difull.") and r["metric"] != "difull.invalid")
+    assert {r["targets"] for r in rows} == {"cells 0,3"}  # the scored cells; the protocol names the metric
     assert json.loads((out / "results.json").read_text()) == rows
     for name in ("scores.png", "aggatt.png", "aggatt/gradcam@final.png", "results.md"):
         assert (out / name).is_file()

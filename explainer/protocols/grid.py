@@ -15,7 +15,7 @@ cells in row-major order (box ``j`` is cell ``j``), ``box_labels`` the label ind
 cell and ``labels`` the multi-hot vector of those indices. The label space depends on the protocol:
 the source classes for ``gridpg``; ``n^2 x C`` per-cell classes for ``difull`` and ``dipart``, where
 index ``i * C + c`` (named ``cell<i>:<name>``) is class ``c`` in cell ``i``, matching the logits of
-:mod:`explainer.classifiers.protocols`. Grid ``g`` of a split is a pure function of
+:mod:`explainer.protocols.wrappers`. Grid ``g`` of a split is a pure function of
 ``(seed, split, g)``.
 """
 
@@ -30,9 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from explainer.classifiers.protocols import PROTOCOLS, cell_class_names
+from explainer.classifiers.frozen import FrozenClassifier
 from explainer.data.base import ExplainerDataModule
 from explainer.data.batch import Batch, Sample, collate
+from explainer.protocols.base import Protocol, get_protocol
 
 RELAXED_CONFIDENCES = (0.95, 0.9, 0.8, 0.7, 0.5)
 _SPLIT_CODE = {"train": 0, "val": 1, "test": 2}
@@ -123,30 +124,30 @@ class GridDataset(Dataset):
         class_names: the source's class names.
         num_grids: grids in the split.
         grid_size: ``n``.
-        protocol: ``gridpg`` (distinct classes) or ``difull`` / ``dipart`` (bottom-right repeats top-left).
+        protocol: the protocol or its name (``gridpg``: distinct classes; ``difull`` / ``dipart``: the
+            bottom-right cell repeats the top-left class).
         seed: the grid seed.
         split: the split's name (part of the seed and of the ids).
     """
 
     def __init__(self, source: Dataset, candidates: Candidates, class_names: Sequence[str], num_grids: int,
-                 grid_size: int = 2, protocol: str = "gridpg", seed: int = 0, split: str = "test") -> None:
-        if protocol not in PROTOCOLS:
-            raise ValueError(f"unknown protocol '{protocol}'; valid protocols: {', '.join(PROTOCOLS)}")
+                 grid_size: int = 2, protocol: str | Protocol = "gridpg", seed: int = 0,
+                 split: str = "test") -> None:
+        self.spec = get_protocol(protocol)
         if num_grids < 1:
             raise ValueError(f"num_grids must be >= 1, got {num_grids}")
         self.source = source
         self.class_names = list(class_names)
         self.base_classes = len(self.class_names)
         self.num_grids = int(num_grids)
-        self.grid_size = int(grid_size)
-        self.protocol = protocol
-        self.repeat = protocol != "gridpg"
+        self.grid_size = self.spec.check_grid_size(grid_size)
+        self.protocol = self.spec.name
+        self.repeat = self.spec.repeats
         self.seed = int(seed)
         self.split = split
         self.pool = candidates.per_class(self.base_classes)
-        cells = self.grid_size**2
         self.usable = [c for c, idx in enumerate(self.pool) if len(idx) > 0]
-        needed = cells - 1 if self.repeat else cells
+        needed = self.spec.distinct_classes(self.grid_size)
         if len(self.usable) < needed:
             raise ValueError(f"a {grid_size}x{grid_size} grid needs {needed} classes with qualifying images, "
                              f"only {len(self.usable)} have any")
@@ -160,7 +161,7 @@ class GridDataset(Dataset):
     @property
     def label_names(self) -> list[str]:
         """Names of the label space (per-cell classes for DiFull / DiPart)."""
-        return cell_class_names(self.class_names, self.grid_size) if self.repeat else list(self.class_names)
+        return self.spec.class_names(self.class_names, self.grid_size)
 
     def layout(self, index: int) -> tuple[list[int], list[int]]:
         """The cell classes and the source indices of grid ``index``, in row-major cell order."""
@@ -192,27 +193,19 @@ class GridDataset(Dataset):
         h, w = int(size[0]), int(size[1])
         boxes = torch.tensor([[(i % n) * w, (i // n) * h, (i % n + 1) * w, (i // n + 1) * h]
                               for i in range(n * n)], dtype=torch.float32)
-        label_index = [i * self.base_classes + c if self.repeat else c for i, c in enumerate(classes)]
-        labels = torch.zeros(self.base_classes * (n * n if self.repeat else 1))
+        label_index = [self.spec.label_index(i, c, self.base_classes) for i, c in enumerate(classes)]
+        labels = torch.zeros(self.spec.num_labels(self.base_classes, n))
         labels[label_index] = 1.0
         return Sample(image=image, labels=labels, boxes=boxes, box_labels=torch.tensor(label_index),
                       difficult=torch.zeros(n * n, dtype=torch.bool), id=f"{self.split}-grid{index:05d}",
                       orig_size=(n * h, n * w))
 
 
-def scored_cells(protocol: str, grid_size: int) -> list[int]:
-    """The cells whose class is explained and scored: every cell for GridPG; the top-left and bottom-right
-    (the repeated class) for DiFull and DiPart."""
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown protocol '{protocol}'; valid protocols: {', '.join(PROTOCOLS)}")
-    return list(range(grid_size**2)) if protocol == "gridpg" else [0, grid_size**2 - 1]
-
-
-def grid_targets(batch: Batch, protocol: str, grid_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def grid_targets(batch: Batch, protocol: str | Protocol, grid_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The explained label indices ``[B, K]`` and their cells ``[B, K]`` of a batch of grids."""
     if batch.box_labels is None:
         raise ValueError("the batch holds no grid cells (box_labels); build it with GridDataModule")
-    cells = scored_cells(protocol, grid_size)
+    cells = get_protocol(protocol).scored_cells(grid_size)
     labels = torch.stack([b[cells] for b in batch.box_labels]).long().to(batch.image.device)
     return labels, torch.tensor(cells, device=labels.device).expand(len(labels), -1)
 
@@ -254,10 +247,8 @@ class GridDataModule(ExplainerDataModule):
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory,
                          mean=source.mean, std=source.std)
-        if protocol not in PROTOCOLS:
-            raise ValueError(f"unknown protocol '{protocol}'; valid protocols: {', '.join(PROTOCOLS)}")
-        if grid_size < 1 or (protocol != "gridpg" and grid_size < 2):
-            raise ValueError(f"grid_size must be >= 1 (>= 2 for {protocol}), got {grid_size}")
+        self.spec = get_protocol(protocol)
+        self.spec.check_grid_size(grid_size)
         if not 0 < confidence < 1:
             raise ValueError(f"confidence must be in (0, 1), got {confidence}")
         if grid_size**2 > source.num_classes:
@@ -278,7 +269,7 @@ class GridDataModule(ExplainerDataModule):
     @property
     def class_names(self) -> list[str]:
         names = self.source.class_names
-        return cell_class_names(names, self.grid_size) if self.protocol != "gridpg" else list(names)
+        return self.spec.class_names(names, self.grid_size)
 
     @property
     def source_classes(self) -> int:
@@ -288,8 +279,6 @@ class GridDataModule(ExplainerDataModule):
     def classifier(self) -> torch.nn.Module:
         """The frozen classifier that vets the cell images (loaded once)."""
         if self._classifier is None:
-            from explainer.classifiers import FrozenClassifier
-
             self._classifier = FrozenClassifier.from_checkpoint(self.classifier_path,
                                                                 num_classes=self.source.num_classes)
         return self._classifier
@@ -299,7 +288,7 @@ class GridDataModule(ExplainerDataModule):
         self.source.setup("fit" if split in ("train", "val") else "test")
         dataset = self.source._dataset(split)
         index, label, conf = score_source(dataset, self.classifier())
-        threshold = choose_threshold(label, conf, self.source_classes, self.grid_size**2, self.protocol != "gridpg",
+        threshold = choose_threshold(label, conf, self.source_classes, self.grid_size**2, self.spec.repeats,
                                      self.confidence, self.min_images_per_class, split)
         self.thresholds[split] = threshold
         return GridDataset(dataset, Candidates(index, label, conf, threshold), self.source.class_names,
@@ -318,5 +307,4 @@ __all__ = [
     "choose_threshold",
     "grid_targets",
     "score_source",
-    "scored_cells",
 ]

@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from explainer.classifiers.factory import ClassifierNet
-
-PROTOCOLS = ("gridpg", "difull", "dipart")
+from explainer.classifiers.frozen import FrozenClassifier
+from explainer.protocols.base import Protocol, get_protocol, register_protocol
 
 
 def split_cells(images: Tensor, n: int) -> Tensor:
@@ -67,6 +67,7 @@ class ProtocolNet(nn.Module):
     """
 
     protocol = ""
+    """The protocol's name (its :class:`~explainer.protocols.base.Protocol` is :attr:`spec`)."""
     default_layer = "grid_features"
 
     def __init__(self, base: nn.Module, grid_size: int = 2) -> None:
@@ -90,6 +91,11 @@ class ProtocolNet(nn.Module):
         self.grid_features = nn.Identity()
 
     @property
+    def spec(self) -> Protocol:
+        """The protocol this wrapper implements."""
+        return get_protocol(self.protocol)
+
+    @property
     def base_classes(self) -> int:
         """``C``, the wrapped classifier's class count."""
         return self.base.num_classes
@@ -97,7 +103,7 @@ class ProtocolNet(nn.Module):
     @property
     def num_classes(self) -> int:
         """The number of logits of the wrapper."""
-        return self.base_classes * self.grid_size**2
+        return self.spec.num_labels(self.base_classes, self.grid_size)
 
     def per_cell_head(self, grid_feats: Tensor) -> Tensor:
         """``[B, n^2 * C]`` logits: the grid feature map cropped per cell, pooled, classified."""
@@ -110,10 +116,6 @@ class GridPGNet(ProtocolNet):
     """GridPG: the classifier on the whole grid, head at every location, class-logit map averaged."""
 
     protocol = "gridpg"
-
-    @property
-    def num_classes(self) -> int:
-        return self.base_classes
 
     def forward(self, images: Tensor) -> Tensor:
         feats = self.grid_features(self.base.features(images))
@@ -144,38 +146,38 @@ class DiPartNet(ProtocolNet):
         return logits.reshape(feats.shape[0], -1)
 
 
-_WRAPPERS = {"gridpg": GridPGNet, "difull": DiFullNet, "dipart": DiPartNet}
+for _protocol in (
+    Protocol("gridpg", "GridPG", per_cell=False, repeats=False, layers=("input", "middle", "final"),
+             wrapper=GridPGNet, guarantee="a class logit may depend on every cell"),
+    Protocol("difull", "DiFull", per_cell=True, repeats=True, layers=("input", "final"), wrapper=DiFullNet,
+             guarantee="the backbone sees each cell separately"),
+    Protocol("dipart", "DiPart", per_cell=True, repeats=True, layers=("input", "middle", "final"),
+             wrapper=DiPartNet, guarantee="receptive fields cross the cell borders"),
+):
+    register_protocol(_protocol)
 
 
-def wrap_for_protocol(classifier: nn.Module, protocol: str, grid_size: int = 2) -> nn.Module:
+def wrap_for_protocol(classifier: nn.Module, protocol: str | Protocol, grid_size: int = 2) -> FrozenClassifier:
     """The ``protocol`` wrapper around a classifier, frozen like the classifier.
 
     Args:
         classifier: a :class:`~explainer.classifiers.FrozenClassifier` (or a :class:`ClassifierNet`).
-        protocol: ``gridpg``, ``difull`` or ``dipart``.
+        protocol: a protocol or its name (``gridpg``, ``difull``, ``dipart``).
         grid_size: ``n``.
 
     Returns:
         A :class:`~explainer.classifiers.FrozenClassifier` whose ``net`` is the wrapper; the class names
         are ``cell<i>:<name>`` for the per-cell protocols.
     """
-    from explainer.classifiers.frozen import FrozenClassifier
-
-    if protocol not in _WRAPPERS:
-        raise ValueError(f"unknown protocol '{protocol}'; valid protocols: {', '.join(PROTOCOLS)}")
+    spec = get_protocol(protocol)
+    grid_size = spec.check_grid_size(grid_size)
     base = classifier.net if isinstance(classifier, FrozenClassifier) else classifier
     names = getattr(classifier, "class_names", None) or [str(i) for i in range(base.num_classes)]
-    net = _WRAPPERS[protocol](base, grid_size)
-    if protocol != "gridpg":
-        names = cell_class_names(names, grid_size)
+    net = spec.wrapper(base, grid_size)
     reference = getattr(classifier, "reference", "")
-    frozen = FrozenClassifier(net, reference=f"{reference}#{protocol}{grid_size}", class_names=names)
+    frozen = FrozenClassifier(net, reference=f"{reference}#{spec.name}{grid_size}",
+                              class_names=spec.class_names(names, grid_size))
     return frozen.to(next(base.parameters()).device)
-
-
-def cell_class_names(class_names: list[str], grid_size: int) -> list[str]:
-    """``cell<i>:<name>`` for every cell ``i`` and class, in the per-cell logit order."""
-    return [f"cell{i}:{name}" for i in range(grid_size**2) for name in class_names]
 
 
 @torch.no_grad()
@@ -195,12 +197,10 @@ def check_cell_independence(net: nn.Module, images: Tensor, cell: int, replaceme
 
 
 __all__ = [
-    "PROTOCOLS",
     "DiFullNet",
     "DiPartNet",
     "GridPGNet",
     "ProtocolNet",
-    "cell_class_names",
     "cell_slices",
     "check_cell_independence",
     "split_cells",
