@@ -56,7 +56,8 @@ def read_checkpoint(path: str | Path, expect_lightning: bool = True) -> dict[str
 
 
 def _class_name(path: Any) -> str | None:
-    """``explainer.modules.ExplainerModule`` and ``explainer.modules.explainer.ExplainerModule`` alike."""
+    """``explainer.modules.ExplainerModule``, ``explainer.modules.explainer_module.ExplainerModule`` and the
+    older ``explainer.modules.explainer.ExplainerModule`` alike."""
     if not isinstance(path, str):
         return None
     module, _, name = path.rpartition(".")

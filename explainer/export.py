@@ -73,7 +73,7 @@ def export_explainer(
     torchscript: bool = False,
     overwrite: bool = False,
 ) -> Path:
-    """Writes an :class:`~explainer.modules.explainer.ExplainerModule` to ``folder``.
+    """Writes an :class:`~explainer.modules.explainer_module.ExplainerModule` to ``folder``.
 
     Args:
         module: the trained module.

@@ -9,7 +9,7 @@ Importing this package registers every method with :func:`build_method`:
   through captum (:mod:`explainer.methods.gradients`);
 * ``extremal``: extremal perturbations (:mod:`explainer.methods.extremal`);
 * ``centre``, ``uniform``, ``oracle``: references that ignore the classifier (:mod:`explainer.methods.trivial`);
-* ``explainer``: a trained Explainer (:mod:`explainer.methods.explainer`);
+* ``explainer``: a trained Explainer (:mod:`explainer.methods.learned`);
 * ``smooth``: any method followed by Gaussian smoothing (:mod:`explainer.methods.smoothing`).
 """
 
@@ -28,7 +28,6 @@ from explainer.methods.base import (
 )
 from explainer.methods.cam import GradCAM, GradCAMPlusPlus
 from explainer.methods.common import default_cam_layer, layer_by_role
-from explainer.methods.explainer import ExplainerAttribution  # noqa: F401  (registers "explainer")
 from explainer.methods.extremal import BlurPyramid, ExtremalPerturbation, SmoothMask
 from explainer.methods.fido import BBMP, FIDO
 from explainer.methods.gradients import Gradient, GuidedBackprop, InputXGradient, IntegratedGradients
@@ -40,6 +39,7 @@ from explainer.methods.infill import (
     RandomInfill,
     build_infill,
 )
+from explainer.methods.learned import ExplainerAttribution  # noqa: F401  (registers "explainer")
 from explainer.methods.prototypes import PrototypeAttribution  # noqa: F401  (registers "prototypes")
 from explainer.methods.rise import RISE, rise_masks
 from explainer.methods.smoothing import SmoothedMethod, gaussian_smooth
