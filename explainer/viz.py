@@ -17,8 +17,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
 from explainer.atomic import atomic_path
-from explainer.data.base import IMAGENET_MEAN, IMAGENET_STD
-from explainer.data.base import denormalize as to_rgb
+from explainer.ops import IMAGENET_MEAN, IMAGENET_STD, denormalize
 from explainer.runs import run_dir
 
 
@@ -53,9 +52,9 @@ def log_figure(trainer: pl.Trainer, key: str, fig: Any) -> Path:
     return path
 
 
-def denormalize(images: torch.Tensor, datamodule: Any) -> torch.Tensor:
+def as_rgb(images: torch.Tensor, datamodule: Any) -> torch.Tensor:
     """Maps normalised images back to ``[0, 1]`` with the data module's constants (ImageNet if absent)."""
-    return to_rgb(images, getattr(datamodule, "mean", IMAGENET_MEAN), getattr(datamodule, "std", IMAGENET_STD))
+    return denormalize(images, getattr(datamodule, "mean", IMAGENET_MEAN), getattr(datamodule, "std", IMAGENET_STD))
 
 
 def top_patches(images: Tensor, maps: Tensor, num_patches: int = 6, box_fraction: float = 72 / 224
@@ -120,4 +119,4 @@ def gallery_figure(patches: Tensor, scores: Tensor, class_name: str, num_prototy
     return fig
 
 
-__all__ = ["denormalize", "gallery_figure", "log_figure", "save_figure", "top_patches"]
+__all__ = ["as_rgb", "gallery_figure", "log_figure", "save_figure", "top_patches"]

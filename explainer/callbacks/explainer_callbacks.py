@@ -24,7 +24,7 @@ from explainer.evaluation.suite import (
 )
 from explainer.export import check_export_target, export_explainer
 from explainer.methods.base import gather_classes, present_classes
-from explainer.viz import denormalize, log_figure
+from explainer.viz import as_rgb, log_figure
 
 
 def _entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -189,8 +189,8 @@ def mask_panel_figure(data: dict[str, torch.Tensor], class_names: list[str] | No
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rgb = denormalize(data["image"], datamodule).permute(0, 2, 3, 1).numpy()
-    masked = denormalize(data["masked"], datamodule).permute(0, 2, 3, 1).numpy()
+    rgb = as_rgb(data["image"], datamodule).permute(0, 2, 3, 1).numpy()
+    masked = as_rgb(data["masked"], datamodule).permute(0, 2, 3, 1).numpy()
     rows, cols = len(rgb), 3 + classes_shown
     fig, axes = plt.subplots(rows, cols, figsize=(1.5 * cols, 1.6 * rows), squeeze=False)
     for ax in axes.flat:

@@ -8,7 +8,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from explainer.viz import denormalize, log_figure
+from explainer.viz import as_rgb, log_figure
 
 
 class PredictionPanel(pl.Callback):
@@ -43,7 +43,7 @@ class PredictionPanel(pl.Callback):
 
         images, labels, probs = self._batch
         names = getattr(trainer.datamodule, "class_names", None) or [str(i) for i in range(labels.shape[1])]
-        rgb = denormalize(images, trainer.datamodule).permute(0, 2, 3, 1).numpy()
+        rgb = as_rgb(images, trainer.datamodule).permute(0, 2, 3, 1).numpy()
         cols = min(8, len(rgb))
         rows = (len(rgb) + cols - 1) // cols
         fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.9 * rows), squeeze=False)

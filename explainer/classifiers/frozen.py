@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from explainer.checkpoint import read_checkpoint
 from explainer.classifiers.factory import ClassifierNet, build_classifier
 from explainer.classifiers.source import OutputAdapter
-from explainer.data.base import IMAGENET_MEAN, IMAGENET_STD
+from explainer.ops import IMAGENET_MEAN, IMAGENET_STD
 from explainer.trust import loading_from
 
 

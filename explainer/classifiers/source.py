@@ -38,8 +38,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from explainer.ops import ACTIVATIONS
+
 RETURNS = ("logits", "probabilities", "log_probabilities")
-ACTIVATIONS = ("sigmoid", "softmax")
 WEIGHT_SUFFIXES = (".pt", ".pth", ".safetensors", ".bin")
 IN_MEMORY = "<in-memory"
 

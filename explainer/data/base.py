@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -11,24 +12,18 @@ from torch.utils.data import DataLoader, Dataset
 from explainer.data.batch import Batch, collate
 from explainer.data.loader import SkipReportingLoader
 from explainer.data.sampling import EpochShuffle, ResumableLoader, evaluation_sampler, run_seed
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def denormalize(images: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN,
-                std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
-    """Maps images ``[..., 3, H, W]`` normalised with ``mean`` / ``std`` back to ``[0, 1]`` RGB."""
-    mean_t = torch.tensor(mean, device=images.device, dtype=images.dtype).view(3, 1, 1)
-    std_t = torch.tensor(std, device=images.device, dtype=images.dtype).view(3, 1, 1)
-    return (images * std_t + mean_t).clamp(0, 1)
+from explainer.data.transforms import ResizeMode, SampleTransform
+from explainer.ops import IMAGENET_MEAN, IMAGENET_STD, denormalize
 
 
 class ExplainerDataModule(pl.LightningDataModule):
-    """Common behaviour of the project's data modules.
+    """The base of every data module: loaders, splits and normalisation.
 
-    Subclasses fill ``self.datasets`` (keys ``train``, ``val``, ``test``) in ``setup`` and define
-    ``class_names``. Every loader yields :class:`~explainer.data.batch.Batch`.
+    A data module defines :attr:`class_names` and :meth:`make_dataset` (the dataset of one split); the
+    base builds the splits a Lightning stage needs in :meth:`setup`, after one call of the
+    :meth:`check_root` hook, and serves every loader (each yields :class:`~explainer.data.batch.Batch`).
+    A subclass takes its own arguments, lists the common ones whose default it changes, and passes the
+    rest on with ``**kwargs``: ``--help`` shows them all, documented here.
 
     Args:
         batch_size: images per batch.
@@ -37,6 +32,9 @@ class ExplainerDataModule(pl.LightningDataModule):
         mean: per-channel normalisation mean (images are normalised with it, so 0 is the mean colour).
         std: per-channel normalisation standard deviation.
     """
+
+    hparams_ignore: tuple[str, ...] = ()
+    """Constructor arguments left out of ``hparams`` (objects, not settings)."""
 
     def __init__(
         self,
@@ -47,6 +45,8 @@ class ExplainerDataModule(pl.LightningDataModule):
         std: Sequence[float] = IMAGENET_STD,
     ) -> None:
         super().__init__()
+        # every argument of every __init__ in the chain (this frame and the subclasses' above it)
+        self.save_hyperparameters(ignore=list(self.hparams_ignore))
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if len(mean) != 3 or len(std) != 3:
@@ -73,7 +73,6 @@ class ExplainerDataModule(pl.LightningDataModule):
         """Maps normalised images ``[..., 3, H, W]`` back to ``[0, 1]`` RGB."""
         return denormalize(image, self.mean, self.std)
 
-    # -- loaders -----------------------------------------------------------------------------------------
     # -- splits ------------------------------------------------------------------------------------------
     STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
     """The splits each Lightning stage needs (an unknown or no stage: all three)."""
@@ -84,14 +83,24 @@ class ExplainerDataModule(pl.LightningDataModule):
         return cls.STAGE_SPLITS.get(stage, ("train", "val", "test")) if stage else ("train", "val", "test")
 
     def make_dataset(self, split: str) -> Dataset:
-        """The dataset of ``split``; modules that use the default :meth:`setup` define it."""
+        """The dataset of ``split`` (``train``, ``val`` or ``test``); every data module defines it."""
         raise NotImplementedError
 
+    def has_split(self, split: str) -> bool:
+        """Whether this module is configured with ``split`` (all three unless a subclass says otherwise)."""
+        return True
+
+    def check_root(self, splits: Sequence[str]) -> None:
+        """Raises a :class:`~explainer.data.files.DatasetNotFoundError` naming every missing file that ``splits``
+        need, before any is read; a module whose data is on disk overrides it."""
+
     def setup(self, stage: str | None = None) -> None:
-        """Builds the datasets of the stage's splits that are not built yet (with :meth:`make_dataset`)."""
-        for split in self.splits_for(stage):
-            if split not in self.datasets:
-                self.datasets[split] = self.make_dataset(split)
+        """Builds the datasets of the stage's splits that are not built yet, after :meth:`check_root`."""
+        splits = [s for s in self.splits_for(stage) if s not in self.datasets and self.has_split(s)]
+        if splits:
+            self.check_root(splits)
+        for split in splits:
+            self.datasets[split] = self.make_dataset(split)
 
     def _dataset(self, split: str) -> Dataset:
         if split not in self.datasets:
@@ -132,3 +141,42 @@ class ExplainerDataModule(pl.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader[Batch]:
         return self._loader("test")
+
+
+class FileDataModule(ExplainerDataModule):
+    """The base of the data modules that read image files under a root folder (VOC, COCO, CUB, folders).
+
+    Args:
+        root: the dataset's folder.
+        image_size: side of the square images in pixels.
+        resize: ``stretch`` (the published ``Resize((224, 224))``) or ``shorter_crop``.
+        augment: random flip, small rotation and colour jitter on the training split.
+        skip_corrupt: skip corrupt images (counted in a warning per pass) instead of raising.
+        num_workers: loader worker processes (0 loads in the main process).
+        **kwargs: the other arguments of :class:`ExplainerDataModule` (``batch_size``, ``pin_memory``,
+            ``mean``, ``std``).
+    """
+
+    def __init__(
+        self,
+        root: str = "data",
+        image_size: int = 224,
+        resize: ResizeMode = "stretch",
+        augment: bool = False,
+        skip_corrupt: bool = False,
+        num_workers: int = 4,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(num_workers=num_workers, **kwargs)
+        if image_size < 1:
+            raise ValueError(f"image_size must be >= 1, got {image_size}")
+        self.root = root
+        self.image_size = image_size
+        self.resize = resize
+        self.augment = augment
+        self.skip_corrupt = skip_corrupt
+
+    def transform(self, split: str) -> SampleTransform:
+        """The transform of ``split``: resize and normalise, with augmentation on ``train`` when asked."""
+        return SampleTransform(self.image_size, self.resize, self.augment and split == "train", mean=self.mean,
+                               std=self.std)

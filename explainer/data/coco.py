@@ -30,17 +30,17 @@ import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 from torchvision.datasets import CocoDetection
 
-from explainer.data.base import IMAGENET_MEAN, IMAGENET_STD, ExplainerDataModule
+from explainer.data.base import FileDataModule
 from explainer.data.files import AnnotatedImageDataset, DatasetNotFoundError, dataset_error, read_image
 from explainer.data.labels import COCO_CATEGORIES, COCO_CLASSES, COCO_ID_TO_INDEX, multi_hot
-from explainer.data.transforms import RawSample, ResizeMode, SampleTransform
+from explainer.data.transforms import RawSample, SampleTransform
 
 COCOImageSet = Literal["train2014", "val2014"]
 COCO_IMAGE_SETS: tuple[str, ...] = ("train2014", "val2014")
@@ -179,7 +179,7 @@ class COCO2014Dataset(AnnotatedImageDataset):
         return torch.from_numpy(decoded).permute(2, 0, 1), torch.tensor(mask_classes, dtype=torch.long)
 
 
-class COCO2014DataModule(ExplainerDataModule):
+class COCO2014DataModule(FileDataModule):
     """MS-COCO 2014 for training and evaluating classifiers and explainers.
 
     Splits: ``train`` is ``train2014``; ``val`` is a seeded ``val_fraction`` of ``train2014`` held out from
@@ -197,15 +197,9 @@ class COCO2014DataModule(ExplainerDataModule):
         splits_dir: folder for the saved id lists (``None``: draw with the seed but save nothing).
         train_masks: decode segmentation masks for training images too (validation and test always).
         crowd_as_labels: let crowd annotations count as image labels (their boxes are flagged either way).
-        image_size: side of the square images in pixels.
-        resize: ``stretch`` (the published ``Resize((224, 224))``) or ``shorter_crop``.
-        augment: random flip, small rotation and colour jitter on the training split.
-        skip_corrupt: skip corrupt images (counted in a warning per pass) instead of raising.
-        batch_size: images per batch.
-        num_workers: loader worker processes.
-        pin_memory: pin host memory (default: when CUDA is available).
-        mean: normalisation mean.
-        std: normalisation standard deviation.
+        batch_size: images per batch (16 here).
+        **kwargs: the common arguments of :class:`~explainer.data.base.FileDataModule` (``image_size``,
+            ``resize``, ``augment``, ``skip_corrupt``, ``num_workers``, ``pin_memory``, ``mean``, ``std``).
     """
 
     def __init__(
@@ -218,25 +212,15 @@ class COCO2014DataModule(ExplainerDataModule):
         splits_dir: str | None = "data/splits",
         train_masks: bool = False,
         crowd_as_labels: bool = True,
-        image_size: int = 224,
-        resize: ResizeMode = "stretch",
-        augment: bool = False,
-        skip_corrupt: bool = False,
         batch_size: int = 16,
-        num_workers: int = 4,
-        pin_memory: bool | None = None,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory, mean=mean, std=std)
+        super().__init__(root=root, batch_size=batch_size, **kwargs)
         if not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
         for arg, value in (("val_size", val_size), ("test_size", test_size)):
             if value is not None and value < 1:
                 raise ValueError(f"{arg} must be >= 1 or None, got {value}")
-        self.save_hyperparameters()
-        self.root = root
-        self.image_size = image_size
         self._indices: dict[str, CocoDetection] = {}
 
     @property
@@ -254,8 +238,12 @@ class COCO2014DataModule(ExplainerDataModule):
             self._indices[image_set] = load_coco_index(self.root, image_set)
         return self._indices[image_set]
 
-    def _check_root(self, image_sets: Sequence[str]) -> None:
-        missing = [p for s in image_sets for p in coco_paths(self.root, s) if not p.exists()]
+    def check_root(self, splits: Sequence[str]) -> None:
+        """Every file of the image sets that ``splits`` read (``train2014`` and / or ``val2014``) must exist."""
+        image_sets = {"train": {"train2014"}, "test": {"val2014"},
+                      "val": {"train2014"} if self.hparams.val_fraction > 0 else {"val2014"}}
+        needed = sorted(set().union(*(image_sets[s] for s in splits)))
+        missing = [p for s in needed for p in coco_paths(self.root, s) if not p.exists()]
         if missing:
             raise DatasetNotFoundError(dataset_error("MS-COCO 2014", Path(self.root), missing, COCO_LAYOUT,
                                                      COCO_OBTAIN))
@@ -314,19 +302,9 @@ class COCO2014DataModule(ExplainerDataModule):
     def make_dataset(self, split: str) -> COCO2014Dataset:
         """The dataset of ``split`` (``train``, ``val`` or ``test``) with this module's settings."""
         image_set, ids = self.split_ids(split)
-        transform = SampleTransform(self.image_size, self.hparams.resize, self.hparams.augment and split == "train",
-                                    mean=self.mean, std=self.std)
         return COCO2014Dataset(self.root, image_set, ids, masks=split != "train" or self.hparams.train_masks,
-                               crowd_as_labels=self.hparams.crowd_as_labels, transform=transform,
-                               skip_corrupt=self.hparams.skip_corrupt, index=self._index(image_set))
-
-    def setup(self, stage: str | None = None) -> None:
-        splits = [s for s in self.splits_for(stage) if s not in self.datasets]
-        sets = {"train": {"train2014"}, "test": {"val2014"},
-                "val": {"train2014"} if self.hparams.val_fraction > 0 else {"val2014"}}
-        self._check_root(sorted(set().union(*(sets[s] for s in splits))) if splits else [])
-        for split in splits:
-            self.datasets[split] = self.make_dataset(split)
+                               crowd_as_labels=self.hparams.crowd_as_labels, transform=self.transform(split),
+                               skip_corrupt=self.skip_corrupt, index=self._index(image_set))
 
 
 def _save_new(path: Path, content: dict) -> None:

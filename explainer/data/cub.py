@@ -23,13 +23,14 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from explainer.data.base import IMAGENET_MEAN, IMAGENET_STD, ExplainerDataModule
+from explainer.data.base import FileDataModule
 from explainer.data.files import AnnotatedImageDataset, DatasetNotFoundError, check_layout, read_image
-from explainer.data.transforms import RawSample, ResizeMode, SampleTransform
+from explainer.data.transforms import RawSample, SampleTransform
 
 CUB_LAYOUT = """<root>/CUB_200_2011/images.txt                 (<image_id> <class_dir>/<file>.jpg)
 <root>/CUB_200_2011/image_class_labels.txt      (<image_id> <class_id>)
@@ -188,22 +189,16 @@ class CUB200Dataset(AnnotatedImageDataset):
                          id=Path(ann.paths[image_id]).stem)
 
 
-class CUB200DataModule(ExplainerDataModule):
+class CUB200DataModule(FileDataModule):
     """CUB-200-2011 for training classifiers and fitting and scoring part-prototype heads.
 
     Args:
         root: the folder holding ``CUB_200_2011`` (or that folder itself).
         val_fraction: share of each class's training images held out for validation (0: validate on test).
         seed: the seed of that hold-out.
-        image_size: side of the square images in pixels.
-        resize: ``stretch`` or ``shorter_crop``.
-        augment: random flip, small rotation and colour jitter on the training split.
-        skip_corrupt: skip corrupt images (counted in a warning per pass) instead of raising.
-        batch_size: images per batch.
-        num_workers: loader worker processes.
-        pin_memory: pin host memory (default: when CUDA is available).
-        mean: normalisation mean.
-        std: normalisation standard deviation.
+        **kwargs: the common arguments of :class:`~explainer.data.base.FileDataModule` (``image_size``,
+            ``resize``, ``augment``, ``skip_corrupt``, ``batch_size``, ``num_workers``, ``pin_memory``,
+            ``mean``, ``std``).
     """
 
     def __init__(
@@ -211,22 +206,11 @@ class CUB200DataModule(ExplainerDataModule):
         root: str = "data/cub",
         val_fraction: float = 0.1,
         seed: int = 0,
-        image_size: int = 224,
-        resize: ResizeMode = "stretch",
-        augment: bool = False,
-        skip_corrupt: bool = False,
-        batch_size: int = 32,
-        num_workers: int = 4,
-        pin_memory: bool | None = None,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory, mean=mean, std=std)
+        super().__init__(root=root, **kwargs)
         if not 0 <= val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-        self.save_hyperparameters()
-        self.root = root
-        self.image_size = image_size
         self._annotations: CUBAnnotations | None = None
 
     @property
@@ -252,10 +236,8 @@ class CUB200DataModule(ExplainerDataModule):
 
     def make_dataset(self, split: str) -> CUB200Dataset:
         """The dataset of ``split`` (``train``, ``val`` or ``test``) with this module's settings."""
-        transform = SampleTransform(self.image_size, self.hparams.resize, self.hparams.augment and split == "train",
-                                    mean=self.mean, std=self.std)
         ids = self.annotations.split_ids(split, self.hparams.val_fraction, self.hparams.seed)
-        return CUB200Dataset(self.annotations, ids, transform, self.hparams.skip_corrupt)
+        return CUB200Dataset(self.annotations, ids, self.transform(split), self.skip_corrupt)
 
 
 __all__ = ["CUB200DataModule", "CUB200Dataset", "CUBAnnotations", "CUB_LAYOUT", "resolve_cub_root"]

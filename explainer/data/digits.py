@@ -19,14 +19,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache, lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from explainer.data.base import IMAGENET_MEAN, IMAGENET_STD, ExplainerDataModule
+from explainer.data.base import ExplainerDataModule
 from explainer.data.batch import Sample
+from explainer.ops import IMAGENET_MEAN, IMAGENET_STD
 
 DIGIT_CLASSES = [str(d) for d in range(10)]
 SPLITS = ("train", "val", "test")
@@ -387,11 +389,9 @@ class DigitScenesDataModule(ExplainerDataModule):
         max_overlap: largest fraction of the smaller of two digits that the other may cover.
         seed: scene seed (the source-digit split is fixed and independent of it).
         cache: render each split once and keep it in memory.
-        batch_size: images per batch.
-        num_workers: loader worker processes.
-        pin_memory: pin host memory (default: when CUDA is available).
-        mean: normalisation mean.
-        std: normalisation standard deviation.
+        batch_size: images per batch (64 here).
+        **kwargs: the common arguments of :class:`~explainer.data.base.ExplainerDataModule` (``num_workers``,
+            ``pin_memory``, ``mean``, ``std``).
     """
 
     def __init__(
@@ -407,13 +407,9 @@ class DigitScenesDataModule(ExplainerDataModule):
         seed: int = 0,
         cache: bool = True,
         batch_size: int = 64,
-        num_workers: int = 0,
-        pin_memory: bool | None = None,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory, mean=mean, std=std)
-        self.save_hyperparameters()
+        super().__init__(batch_size=batch_size, **kwargs)
         self.image_size = image_size
         self._sizes = {"train": train_scenes, "val": val_scenes, "test": test_scenes}
         self._scene_args = dict(
@@ -426,13 +422,9 @@ class DigitScenesDataModule(ExplainerDataModule):
     def class_names(self) -> list[str]:
         return list(DIGIT_CLASSES)
 
-    def make_split(self, split: str, num_scenes: int | None = None) -> DigitScenes:
-        """A :class:`DigitScenes` split with this module's settings (``num_scenes`` overrides the size)."""
-        return DigitScenes(split=split, num_scenes=num_scenes or self._sizes[split], **self._scene_args)
-
-    def setup(self, stage: str | None = None) -> None:
-        for split in self.splits_for(stage):
-            if split not in self.datasets:
-                self.datasets[split] = self.make_split(split)
-                if self.cache:
-                    self.datasets[split].prerender()
+    def make_dataset(self, split: str) -> DigitScenes:
+        """The :class:`DigitScenes` of ``split`` with this module's settings (rendered now when ``cache``)."""
+        scenes = DigitScenes(split=split, num_scenes=self._sizes[split], **self._scene_args)
+        if self.cache:
+            scenes.prerender()
+        return scenes

@@ -44,7 +44,7 @@ from typing import Any
 
 import torch
 
-from explainer.data.base import IMAGENET_MEAN, IMAGENET_STD, ExplainerDataModule
+from explainer.data.base import FileDataModule
 from explainer.data.files import (
     AnnotatedImageDataset,
     DatasetNotFoundError,
@@ -54,7 +54,7 @@ from explainer.data.files import (
     read_label_map,
 )
 from explainer.data.labels import class_lookup, multi_hot
-from explainer.data.transforms import RawSample, ResizeMode, SampleTransform
+from explainer.data.transforms import RawSample, SampleTransform
 
 SPLITS = ("train", "val", "test")
 LABEL_SEPARATORS = re.compile(r"[;|]")
@@ -231,7 +231,7 @@ class FolderDataset(AnnotatedImageDataset):
         )
 
 
-class FolderDataModule(ExplainerDataModule):
+class FolderDataModule(FileDataModule):
     """A folder of images with a JSON or CSV annotation file (format in this module's docstring).
 
     Args:
@@ -242,15 +242,9 @@ class FolderDataModule(ExplainerDataModule):
         val_file: annotation file of the validation split, or ``None``.
         test_file: annotation file of the test split, or ``None``.
         classes: the class names in index order (default: from the files, see the module docstring).
-        image_size: side of the square images in pixels.
-        resize: ``stretch`` or ``shorter_crop``.
-        augment: random flip, small rotation and colour jitter on the training split.
-        skip_corrupt: skip corrupt images (counted in a warning per pass) instead of raising.
-        batch_size: images per batch.
-        num_workers: loader worker processes.
-        pin_memory: pin host memory (default: when CUDA is available).
-        mean: normalisation mean.
-        std: normalisation standard deviation.
+        **kwargs: the common arguments of :class:`~explainer.data.base.FileDataModule` (``image_size``,
+            ``resize``, ``augment``, ``skip_corrupt``, ``batch_size``, ``num_workers``, ``pin_memory``,
+            ``mean``, ``std``).
     """
 
     def __init__(
@@ -261,22 +255,12 @@ class FolderDataModule(ExplainerDataModule):
         val_file: str | None = "val/annotations.json",
         test_file: str | None = "test/annotations.json",
         classes: list[str] | None = None,
-        image_size: int = 224,
-        resize: ResizeMode = "stretch",
-        augment: bool = False,
-        skip_corrupt: bool = False,
-        batch_size: int = 32,
-        num_workers: int = 4,
-        pin_memory: bool | None = None,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory, mean=mean, std=std)
+        super().__init__(root=root, **kwargs)
         if classes is not None:
             class_lookup(classes)  # refuses duplicates
-        self.save_hyperparameters()
         self.root = Path(root)
-        self.image_size = image_size
         self._classes: list[str] | None = list(classes) if classes is not None else None
         self._rows: dict[Path, tuple[list[str] | None, list[tuple[str, dict[str, Any]]]]] = {}
 
@@ -343,20 +327,19 @@ class FolderDataModule(ExplainerDataModule):
 
     def make_dataset(self, split: str) -> FolderDataset:
         """The dataset of ``split`` with this module's settings."""
-        transform = SampleTransform(self.image_size, self.hparams.resize, self.hparams.augment and split == "train",
-                                    mean=self.mean, std=self.std)
-        return FolderDataset(self.records(split), self.class_names, transform, self.hparams.skip_corrupt,
+        return FolderDataset(self.records(split), self.class_names, self.transform(split), self.skip_corrupt,
                              name=f"{self.root} {split}")
 
-    def setup(self, stage: str | None = None) -> None:
-        splits = self.splits_for(stage)
+    def has_split(self, split: str) -> bool:
+        """Whether an annotation file is configured for ``split``."""
+        return split in self._files()
+
+    def check_root(self, splits: Sequence[str]) -> None:
+        """The annotation file of every split in ``splits`` must exist."""
         missing = sorted({f for s, f in self._files().items() if s in splits and not f.is_file()})
         if missing:
             raise DatasetNotFoundError(dataset_error("folder dataset", self.root, missing, FOLDER_LAYOUT,
                                                      FOLDER_OBTAIN))
-        for split in splits:
-            if split not in self.datasets and split in self._files():
-                self.datasets[split] = self.make_dataset(split)
 
 
 __all__ = ["FolderDataModule", "FolderDataset", "FolderRecord", "LABEL_SEPARATORS"]

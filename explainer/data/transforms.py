@@ -33,8 +33,8 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-from explainer.data.base import IMAGENET_MEAN, IMAGENET_STD
 from explainer.data.batch import Sample
+from explainer.ops import IMAGENET_MEAN, IMAGENET_STD
 
 ResizeMode = Literal["stretch", "shorter_crop"]
 RESIZE_MODES: tuple[str, ...] = ("stretch", "shorter_crop")

@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import logging
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torchvision.datasets import VOCDetection, VOCSegmentation
 
-from explainer.data.base import IMAGENET_MEAN, IMAGENET_STD, ExplainerDataModule
+from explainer.data.base import FileDataModule
 from explainer.data.files import (
     AnnotatedImageDataset,
     DatasetNotFoundError,
@@ -33,7 +32,7 @@ from explainer.data.files import (
     read_label_map,
 )
 from explainer.data.labels import VOC_CLASSES, VOC_VOID, class_lookup, multi_hot
-from explainer.data.transforms import RawSample, ResizeMode, SampleTransform
+from explainer.data.transforms import RawSample, SampleTransform
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +185,7 @@ class VOC2007Dataset(AnnotatedImageDataset):
         return label_map_masks(label_map, len(VOC_CLASSES), VOC_VOID, source=f"segmentation {path}")
 
 
-class VOC2007DataModule(ExplainerDataModule):
+class VOC2007DataModule(FileDataModule):
     """PASCAL VOC 2007 for training and evaluating classifiers and explainers.
 
     ``fit`` uses ``train_split`` / ``val_split``, ``test`` and ``predict`` use ``test_split`` (VOC 2007's test
@@ -200,16 +199,10 @@ class VOC2007DataModule(ExplainerDataModule):
         test_split: image set for testing and prediction.
         difficult_as_labels: count difficult objects as labels (boxes always keep their difficult flag).
         segmentation: load class masks where ``ImageSets/Segmentation/<set>.txt`` lists the image.
-        image_size: side of the square images in pixels.
-        resize: ``stretch`` (the published ``Resize((224, 224))``) or ``shorter_crop``.
-        augment: random flip, small rotation and colour jitter on the training split.
-        skip_corrupt: skip corrupt images (counted in a warning per pass) instead of raising.
         download: let torchvision download the missing VOC 2007 archives into ``root`` in ``prepare_data``.
-        batch_size: images per batch.
-        num_workers: loader worker processes.
-        pin_memory: pin host memory (default: when CUDA is available).
-        mean: normalisation mean.
-        std: normalisation standard deviation.
+        batch_size: images per batch (16 here).
+        **kwargs: the common arguments of :class:`~explainer.data.base.FileDataModule` (``image_size``,
+            ``resize``, ``augment``, ``skip_corrupt``, ``num_workers``, ``pin_memory``, ``mean``, ``std``).
     """
 
     def __init__(
@@ -220,25 +213,15 @@ class VOC2007DataModule(ExplainerDataModule):
         test_split: VOCImageSet = "test",
         difficult_as_labels: bool = True,
         segmentation: bool = True,
-        image_size: int = 224,
-        resize: ResizeMode = "stretch",
-        augment: bool = False,
-        skip_corrupt: bool = False,
         download: bool = False,
         batch_size: int = 16,
-        num_workers: int = 4,
-        pin_memory: bool | None = None,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory, mean=mean, std=std)
+        super().__init__(root=root, batch_size=batch_size, **kwargs)
         for arg, value in (("train_split", train_split), ("val_split", val_split), ("test_split", test_split)):
             if value not in VOC_IMAGE_SETS:
                 raise ValueError(f"{arg}='{value}' is not a VOC 2007 image set; expected one of {VOC_IMAGE_SETS}")
-        self.save_hyperparameters()
-        self.root = root
         self.image_sets = {"train": train_split, "val": val_split, "test": test_split}
-        self.image_size = image_size
 
     @property
     def class_names(self) -> list[str]:
@@ -256,10 +239,8 @@ class VOC2007DataModule(ExplainerDataModule):
 
     def make_dataset(self, split: str) -> VOC2007Dataset:
         """The dataset of ``split`` (``train``, ``val`` or ``test``) with this module's settings."""
-        transform = SampleTransform(self.image_size, self.hparams.resize, self.hparams.augment and split == "train",
-                                    mean=self.mean, std=self.std)
         return VOC2007Dataset(self.root, self.image_sets[split], self.hparams.difficult_as_labels,
-                              self.hparams.segmentation, transform, self.hparams.skip_corrupt)
+                              self.hparams.segmentation, self.transform(split), self.skip_corrupt)
 
 
 __all__ = ["VOC2007DataModule", "VOC2007Dataset", "VOC_IMAGE_SETS", "resolve_voc_root"]

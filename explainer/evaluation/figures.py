@@ -13,7 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from explainer.protocols.aggatt import AGGATT_PERCENTILES, aggatt_bins, draw_aggatt_row, save_aggatt  # noqa: E402
-from explainer.viz import denormalize, save_figure  # noqa: E402
+from explainer.viz import as_rgb, save_figure  # noqa: E402
 
 
 def save_example_grid(examples: dict[str, dict[str, Tensor]], datamodule: Any, path: Path,
@@ -21,7 +21,7 @@ def save_example_grid(examples: dict[str, dict[str, Tensor]], datamodule: Any, p
     """A PNG grid: one row per method, the maps of each example image's first explained class."""
     methods = list(examples)
     first = examples[methods[0]]
-    rgb = denormalize(first["images"], datamodule).permute(0, 2, 3, 1).clamp(0, 1).numpy()
+    rgb = as_rgb(first["images"], datamodule).permute(0, 2, 3, 1).clamp(0, 1).numpy()
     cols = len(rgb)
     fig, axes = plt.subplots(len(methods) + 1, cols, figsize=(1.5 * cols, 1.5 * (len(methods) + 1)), squeeze=False)
     for j in range(cols):

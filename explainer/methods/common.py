@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from explainer.classifiers.factory import ClassifierNet
+from explainer.ops import check_activation
 from explainer.protocols.wrappers import ProtocolNet
-
-ACTIVATIONS = ("sigmoid", "softmax")
 
 
 @contextlib.contextmanager
@@ -34,13 +31,6 @@ def eval_mode(module: nn.Module | None) -> Iterator[None]:
     finally:
         for m, flag in flags:
             m.training = flag
-
-
-def check_activation(activation: str) -> str:
-    """Validates an ``activation`` option (``sigmoid`` for multi-label, ``softmax`` for single-label)."""
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"unknown activation '{activation}'; expected one of {ACTIVATIONS}")
-    return activation
 
 
 def class_log_odds(logits: Tensor, targets: Tensor, activation: str = "sigmoid") -> Tensor:
@@ -116,53 +106,6 @@ def resolve_layer(module: nn.Module, name: str) -> nn.Module:
     raise ValueError(
         f"unknown layer '{name}' of {type(module).__name__}; valid layer names: {', '.join(named_layers(module))}"
     )
-
-
-def gaussian_kernel1d(sigma: float, radius: int | None = None, device: torch.device | None = None,
-                      dtype: torch.dtype = torch.float32) -> Tensor:
-    """A normalised 1-D Gaussian of standard deviation ``sigma`` (radius ``ceil(3 sigma)`` unless given)."""
-    if sigma <= 0:
-        return torch.ones(1, device=device, dtype=dtype)
-    radius = int(math.ceil(3 * sigma)) if radius is None else int(radius)
-    x = torch.arange(-radius, radius + 1, device=device, dtype=dtype)
-    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
-    return kernel / kernel.sum()
-
-
-def separable_conv(x: Tensor, kernel: Tensor, padding_mode: str = "replicate") -> Tensor:
-    """Convolves every channel of ``x`` ``[N, C, H, W]`` with the separable ``kernel`` (rows and columns).
-
-    Args:
-        x: the input.
-        kernel: ``[k]`` odd-length 1-D kernel.
-        padding_mode: ``replicate``, ``reflect`` (both clipped to the image size) or ``zeros``.
-
-    Returns:
-        Same shape as ``x``.
-    """
-    n, c, h, w = x.shape
-    r = kernel.numel() // 2
-    if r == 0:
-        return x * kernel.reshape(())
-    kernel = kernel.to(device=x.device, dtype=x.dtype)
-    flat = x.reshape(n * c, 1, h, w)
-    if padding_mode == "zeros":
-        flat = F.conv2d(flat, kernel.view(1, 1, 1, -1), padding=(0, r))
-        flat = F.conv2d(flat, kernel.view(1, 1, -1, 1), padding=(r, 0))
-        return flat.reshape(n, c, h, w)
-    mode = padding_mode
-    if mode == "reflect" and (r >= h or r >= w):
-        mode = "replicate"
-    flat = F.conv2d(F.pad(flat, (r, r, 0, 0), mode=mode), kernel.view(1, 1, 1, -1))
-    flat = F.conv2d(F.pad(flat, (0, 0, r, r), mode=mode), kernel.view(1, 1, -1, 1))
-    return flat.reshape(n, c, h, w)
-
-
-def gaussian_blur(x: Tensor, sigma: float, padding_mode: str = "replicate") -> Tensor:
-    """Gaussian blur of ``[N, C, H, W]`` with standard deviation ``sigma`` pixels (radius ``3 sigma``)."""
-    if sigma <= 0:
-        return x
-    return separable_conv(x, gaussian_kernel1d(sigma, device=x.device, dtype=x.dtype), padding_mode)
 
 
 def scaled(value: float, size: int, reference: int = 224) -> float:

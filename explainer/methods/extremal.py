@@ -35,15 +35,14 @@ from torch import Tensor, nn
 
 from explainer.methods.base import AttributionMethod, check_classes, register_method
 from explainer.methods.common import (
-    check_activation,
     chunk_slices,
     class_log_odds,
     eval_mode,
-    gaussian_blur,
     scaled,
     scatter_pairs,
     valid_pairs,
 )
+from explainer.ops import check_activation, gaussian_blur
 
 VARIANTS = ("preserve", "delete", "dual")
 

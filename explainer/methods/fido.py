@@ -33,15 +33,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from explainer.methods.base import AttributionMethod, check_classes, register_method
-from explainer.methods.common import (
-    check_activation,
-    chunk_slices,
-    class_log_odds,
-    eval_mode,
-    scatter_pairs,
-    valid_pairs,
-)
+from explainer.methods.common import chunk_slices, class_log_odds, eval_mode, scatter_pairs, valid_pairs
 from explainer.methods.infill import Infill, build_infill
+from explainer.ops import check_activation
 
 OBJECTIVES = ("ssr", "sdr")
 _REFERENCE_CELLS = 56 * 56

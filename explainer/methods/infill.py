@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from explainer.methods.common import gaussian_blur, scaled
+from explainer.methods.common import scaled
+from explainer.ops import gaussian_blur
 from explainer.registry import Registry
 
 

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from explainer.methods.base import AttributionMethod, check_classes, gather_classes, register_method
-from explainer.methods.common import check_activation, chunk_slices, eval_mode
+from explainer.methods.common import chunk_slices, eval_mode
+from explainer.ops import check_activation
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 

@@ -14,7 +14,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from explainer.methods.base import AttributionMethod, build_method, method_class, register_method
-from explainer.methods.common import gaussian_kernel1d, separable_conv
+from explainer.ops import gaussian_kernel1d, separable_conv
 
 
 def gaussian_smooth(maps: Tensor, kernel_size: int, sigma: float | None = None, padding_mode: str = "zeros") -> Tensor:

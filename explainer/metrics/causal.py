@@ -36,7 +36,6 @@ from torch import Tensor, nn
 
 from explainer.metrics.common import (
     ClassifierMetric,
-    check_activation,
     check_maps,
     class_probabilities,
     constant_maps,
@@ -44,6 +43,7 @@ from explainer.metrics.common import (
     resize_maps,
     sanitize_maps,
 )
+from explainer.ops import check_activation
 
 MODES = ("deletion", "insertion")
 TIE_ORDERS = ("rise", "raster")

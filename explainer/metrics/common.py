@@ -18,10 +18,10 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 
 from explainer.data.batch import Batch
+from explainer.ops import check_activation
 
 GroundTruth = Literal["masks", "boxes"]
 SOURCES = ("masks", "boxes")
-ACTIVATIONS = ("sigmoid", "softmax")
 
 
 # -- input checks -------------------------------------------------------------------------------------
@@ -52,14 +52,6 @@ def check_source(source: str) -> None:
     """Raises a clear error for an unknown ground-truth source."""
     if source not in SOURCES:
         raise ValueError(f"unknown ground-truth source '{source}'; use one of {SOURCES}")
-
-
-def check_activation(activation: str) -> None:
-    """Raises a clear error for an unknown output activation."""
-    if activation not in ACTIVATIONS:
-        raise ValueError(
-            f"unknown activation '{activation}'; use 'sigmoid' (multi-label) or 'softmax' (single-label)"
-        )
 
 
 def sanitize_maps(maps: Tensor) -> tuple[Tensor, Tensor]:

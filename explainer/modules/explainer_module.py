@@ -12,30 +12,14 @@ from torch import Tensor, nn
 
 from explainer.classifiers.frozen import state_hash
 from explainer.classifiers.source import check_class_names, classifier_hparams, load_classifier
-from explainer.data.base import IMAGENET_MEAN, IMAGENET_STD
 from explainer.data.batch import Batch
 from explainer.export import read_mask_net_state
 from explainer.losses import LossWeights, explainer_loss, target_masks
 from explainer.modules.guards import SafeLoading, stop_if_not_finite
 from explainer.modules.stage_means import log_mean
 from explainer.nets.masknets import build_mask_net, class_head_plan, transfer_class_heads
+from explainer.ops import IMAGENET_MEAN, IMAGENET_STD, gaussian_blur
 from explainer.protocols import get_protocol, wrap_for_protocol
-
-
-def gaussian_blur(images: Tensor, sigma: float) -> Tensor:
-    """Separable Gaussian blur of ``[B, 3, H, W]`` images (kernel 2*ceil(3 sigma)+1, reflect padding)."""
-    radius = max(1, int(3 * sigma + 0.5))
-    coords = torch.arange(-radius, radius + 1, device=images.device, dtype=images.dtype)
-    kernel = torch.exp(-0.5 * (coords / sigma) ** 2)
-    kernel = kernel / kernel.sum()
-    channels = images.shape[1]
-    radius_h = min(radius, images.shape[-2] - 1)
-    radius_w = min(radius, images.shape[-1] - 1)
-    out = F.pad(images, (radius_w, radius_w, radius_h, radius_h), mode="reflect")
-    if radius_w < radius or radius_h < radius:  # reflect padding cannot exceed the image; replicate the rest
-        out = F.pad(out, (radius - radius_w,) * 2 + (radius - radius_h,) * 2, mode="replicate")
-    out = F.conv2d(out, kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
-    return F.conv2d(out, kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
 
 
 class ExplainerModule(SafeLoading, pl.LightningModule):
@@ -184,7 +168,7 @@ class ExplainerModule(SafeLoading, pl.LightningModule):
             return torch.zeros((), device=images.device, dtype=images.dtype)
         if self.hparams.fill == "zero":
             return (-self.norm_mean / self.norm_std).to(images.dtype)
-        return gaussian_blur(images, self.hparams.blur_sigma)
+        return gaussian_blur(images, self.hparams.blur_sigma, padding_mode="reflect")
 
     def select_targets(self, batch: Batch) -> Tensor:
         """Multi-hot target classes: the labels, or the classifier's predictions on the clean image."""

@@ -31,7 +31,7 @@ from explainer.metrics.prototypes import PrototypeConsistency, PrototypeStabilit
 from explainer.modules.guards import SafeLoading
 from explainer.nets.prototype_fit import LocationReservoir, bottom_k_insert, decompose_class
 from explainer.nets.prototypes import PrototypeLayer, pooled_linear_head
-from explainer.viz import denormalize, gallery_figure, log_figure, top_patches
+from explainer.viz import as_rgb, gallery_figure, log_figure, top_patches
 
 _HASH_KEY = "prototype_classifier_hash"
 
@@ -304,7 +304,7 @@ class PrototypeModule(SafeLoading, pl.LightningModule):
             if len(images) == 0:
                 continue
             maps = self.layer.maps(self.classifier.net.forward_features(images))[:, c]
-            patches, scores, _ = top_patches(denormalize(images, datamodule), maps, self.hparams.gallery_patches,
+            patches, scores, _ = top_patches(as_rgb(images, datamodule), maps, self.hparams.gallery_patches,
                                              self.hparams.box_fraction)
             fig = gallery_figure(patches, scores, names[c], int(self.num_prototypes[c]))
             log_figure(self.trainer, f"prototypes/gallery_class_{names[c]}", fig)

@@ -229,6 +229,8 @@ class GridDataModule(ExplainerDataModule):
         pin_memory: pin host memory (default: when CUDA is available).
     """
 
+    hparams_ignore = ("source",)
+
     def __init__(
         self,
         source: ExplainerDataModule,
@@ -254,7 +256,6 @@ class GridDataModule(ExplainerDataModule):
         if grid_size**2 > source.num_classes:
             raise ValueError(f"a {grid_size}x{grid_size} grid needs {grid_size ** 2} distinct classes; the source "
                              f"has {source.num_classes}")
-        self.save_hyperparameters(ignore=["source"])
         self.source = source
         self.classifier_path = classifier
         self.protocol = protocol
@@ -283,7 +284,7 @@ class GridDataModule(ExplainerDataModule):
                                                                 num_classes=self.source.num_classes)
         return self._classifier
 
-    def make_split(self, split: str) -> GridDataset:
+    def make_dataset(self, split: str) -> GridDataset:
         """The grid dataset of ``split`` (scores the source split with the classifier first)."""
         self.source.setup("fit" if split in ("train", "val") else "test")
         dataset = self.source._dataset(split)
@@ -293,11 +294,6 @@ class GridDataModule(ExplainerDataModule):
         self.thresholds[split] = threshold
         return GridDataset(dataset, Candidates(index, label, conf, threshold), self.source.class_names,
                            self._sizes[split], self.grid_size, self.protocol, self.seed, split)
-
-    def setup(self, stage: str | None = None) -> None:
-        for split in self.splits_for(stage):
-            if split not in self.datasets:
-                self.datasets[split] = self.make_split(split)
 
 
 __all__ = [

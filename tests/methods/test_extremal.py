@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from explainer.methods import BlurPyramid, SmoothMask, build_method
-from explainer.methods.common import gaussian_blur
 from explainer.methods.extremal import area_loss
+from explainer.ops import gaussian_blur
 from tests.methods.toys import QuadrantEnergyNet, noise_images, quadrant_mass
 
 

@@ -1,0 +1,96 @@
+"""Small tensor helpers that every layer may use: normalisation constants, Gaussian blur, the activation check.
+
+Each exists once here: the Explainer's blurred fill, the in-fillers, extremal perturbations and the
+smoothing of maps all blur with :func:`gaussian_blur`; classifiers, methods and metrics all validate an
+``activation`` option with :func:`check_activation`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+ACTIVATIONS = ("sigmoid", "softmax")
+"""A classifier's output activation: ``sigmoid`` (multi-label) or ``softmax`` (single-label)."""
+
+
+def check_activation(activation: str) -> str:
+    """``activation`` if it is one of :data:`ACTIVATIONS`, else an error naming both."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation '{activation}'; use 'sigmoid' (multi-label) or 'softmax' "
+                         "(single-label)")
+    return activation
+
+
+def denormalize(images: Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+                ) -> Tensor:
+    """Maps images ``[..., 3, H, W]`` normalised with ``mean`` / ``std`` back to ``[0, 1]`` RGB."""
+    mean_t = torch.tensor(mean, device=images.device, dtype=images.dtype).view(3, 1, 1)
+    std_t = torch.tensor(std, device=images.device, dtype=images.dtype).view(3, 1, 1)
+    return (images * std_t + mean_t).clamp(0, 1)
+
+
+def gaussian_kernel1d(sigma: float, radius: int | None = None, device: torch.device | None = None,
+                      dtype: torch.dtype = torch.float32) -> Tensor:
+    """A normalised 1-D Gaussian of standard deviation ``sigma`` (radius ``ceil(3 sigma)`` unless given)."""
+    if sigma <= 0:
+        return torch.ones(1, device=device, dtype=dtype)
+    radius = int(math.ceil(3 * sigma)) if radius is None else int(radius)
+    x = torch.arange(-radius, radius + 1, device=device, dtype=dtype)
+    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    return kernel / kernel.sum()
+
+
+def separable_conv(x: Tensor, kernel: Tensor, padding_mode: str = "replicate") -> Tensor:
+    """Convolves every channel of ``x`` ``[N, C, H, W]`` with the separable ``kernel`` (rows and columns).
+
+    Args:
+        x: the input.
+        kernel: ``[k]`` odd-length 1-D kernel.
+        padding_mode: ``replicate``, ``reflect`` or ``zeros``. Reflection cannot reach further than the
+            image is wide; beyond that the edge is replicated.
+
+    Returns:
+        Same shape as ``x``.
+    """
+    n, c, h, w = x.shape
+    r = kernel.numel() // 2
+    if r == 0:
+        return x * kernel.reshape(())
+    kernel = kernel.to(device=x.device, dtype=x.dtype)
+    flat = x.reshape(n * c, 1, h, w)
+    if padding_mode == "zeros":
+        flat = F.conv2d(flat, kernel.view(1, 1, 1, -1), padding=(0, r))
+        flat = F.conv2d(flat, kernel.view(1, 1, -1, 1), padding=(r, 0))
+        return flat.reshape(n, c, h, w)
+    flat = F.conv2d(_pad(flat, (r, r, 0, 0), padding_mode), kernel.view(1, 1, 1, -1))
+    flat = F.conv2d(_pad(flat, (0, 0, r, r), padding_mode), kernel.view(1, 1, -1, 1))
+    return flat.reshape(n, c, h, w)
+
+
+def _pad(x: Tensor, pad: tuple[int, int, int, int], mode: str) -> Tensor:
+    """``F.pad``; ``reflect`` as far as the image allows, then ``replicate`` for the rest."""
+    if mode != "reflect":
+        return F.pad(x, pad, mode=mode)
+    h, w = x.shape[-2:]
+    inner = (min(pad[0], w - 1), min(pad[1], w - 1), min(pad[2], h - 1), min(pad[3], h - 1))
+    x = F.pad(x, inner, mode="reflect")
+    rest = tuple(p - q for p, q in zip(pad, inner, strict=True))
+    return F.pad(x, rest, mode="replicate") if any(rest) else x
+
+
+def gaussian_blur(x: Tensor, sigma: float, padding_mode: str = "replicate") -> Tensor:
+    """Gaussian blur of ``[N, C, H, W]`` with standard deviation ``sigma`` pixels (radius ``ceil(3 sigma)``)."""
+    if sigma <= 0:
+        return x
+    return separable_conv(x, gaussian_kernel1d(sigma, device=x.device, dtype=x.dtype), padding_mode)
+
+
+__all__ = ["ACTIVATIONS", "IMAGENET_MEAN", "IMAGENET_STD", "check_activation", "denormalize", "gaussian_blur",
+           "gaussian_kernel1d", "separable_conv"]
