@@ -21,10 +21,14 @@ from collections.abc import Callable, Iterable, Iterator
 from contextvars import ContextVar
 from typing import Any
 
+from explainer.registry import Registry
+
 ALLOW_ENV = "EXPLAINER_ALLOW_FACTORIES"
 """Environment variable: a comma list of ``package.module:factory`` names that loaded files may name."""
 
-_REGISTERED: dict[str, Callable[..., Any]] = {}
+BACKBONES: Registry[Callable[..., Any]] = Registry("classifier", plural="registered classifiers")
+"""Classifier names that resolve to a callable without an import: ``digitnet``, ``digitnet_local`` and the
+names given to :func:`register_backbone`."""
 _LOADING: ContextVar[tuple[str, frozenset[str]] | None] = ContextVar("explainer_loading_from", default=None)
 
 
@@ -41,14 +45,14 @@ def register_backbone(name: str, factory: Callable[..., Any]) -> None:
     """
     if not callable(factory):
         raise TypeError(f"register_backbone('{name}', ...) needs a callable, got {type(factory).__name__}")
-    if name in _REGISTERED and _REGISTERED[name] is not factory:
+    if name in BACKBONES and BACKBONES.get(name) is not factory:
         raise ValueError(f"classifier '{name}' is registered already with another factory")
-    _REGISTERED[name] = factory
+    BACKBONES.add(name, factory)
 
 
 def registered_backbones() -> list[str]:
     """The names registered with :func:`register_backbone`."""
-    return sorted(_REGISTERED)
+    return BACKBONES.names()
 
 
 def allowed_factories() -> set[str]:
@@ -76,7 +80,7 @@ def check_trusted(spec: str) -> None:
     """Raises :class:`UntrustedFactoryError` when ``spec``, read inside :func:`loading_from`, is a
     ``package.module:factory`` name that is neither registered nor allowed."""
     scope = _LOADING.get()
-    if scope is None or ":" not in spec or spec in _REGISTERED or spec in scope[1] or spec in allowed_factories():
+    if scope is None or ":" not in spec or spec in BACKBONES or spec in scope[1] or spec in allowed_factories():
         return
     raise UntrustedFactoryError(
         f"{scope[0]} names the classifier factory '{spec}' (code to import). Loading a file never imports "
@@ -88,8 +92,8 @@ def check_trusted(spec: str) -> None:
 
 def registered_factory(name: str) -> Callable[..., Any] | None:
     """The callable registered under ``name``, or None."""
-    return _REGISTERED.get(name)
+    return BACKBONES.get(name) if name in BACKBONES else None
 
 
-__all__ = ["ALLOW_ENV", "UntrustedFactoryError", "allowed_factories", "check_trusted", "loading_from",
+__all__ = ["ALLOW_ENV", "BACKBONES", "UntrustedFactoryError", "allowed_factories", "check_trusted", "loading_from",
            "register_backbone", "registered_backbones", "registered_factory"]

@@ -176,7 +176,7 @@ def test_allowed_and_registered_factories_load(tmp_path, monkeypatch):
     monkeypatch.delenv("EXPLAINER_ALLOW_FACTORIES")
     from explainer import trust
 
-    monkeypatch.setitem(trust._REGISTERED, "tests.helpers:tiny_net", tiny_net)
+    monkeypatch.setitem(trust.BACKBONES._entries, "tests.helpers:tiny_net", tiny_net)
     assert FrozenClassifier.from_checkpoint(path).num_classes == 10
     with pytest.raises(ValueError, match="registered already"):
         register_backbone("tests.helpers:tiny_net", lambda num_classes: tiny_net(num_classes))

@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from explainer.trust import check_trusted, registered_factory
+from explainer.registry import Registry
+from explainer.trust import check_trusted, register_backbone, registered_factory
 
 
 class ClassifierNet(nn.Module):
@@ -197,10 +198,6 @@ class _TimmHead(nn.Module):
         return self.model.forward_head(x)
 
 
-def _from_timm(name: str, num_classes: int) -> ClassifierNet:
-    return _split_timm(_timm_model(name, num_classes), name)
-
-
 def _timm_model(name: str, num_classes: int) -> nn.Module:
     import timm
 
@@ -237,14 +234,101 @@ def _split_user_model(model: nn.Module, spec: str) -> ClassifierNet:
     return ClassifierNet(None, model, None, name=spec)
 
 
-def _from_callable(spec: str, num_classes: int) -> ClassifierNet:
-    return _split_user_model(_call_factory(spec, num_classes), spec)
-
-
 def _is_torchvision(name: str) -> bool:
     import torchvision
 
     return name in torchvision.models.list_models(module=torchvision.models)
+
+
+# -- where an architecture name comes from -------------------------------------------------------------------
+class ArchitectureSource:
+    """One kind of architecture name. The sources are tried in the order of registration; the first whose
+    :meth:`matches` accepts a name builds it."""
+
+    description = ""
+
+    def matches(self, name: str) -> bool:
+        """Whether this source builds ``name``."""
+        raise NotImplementedError
+
+    def classifier(self, name: str, num_classes: int, weights: str | None) -> ClassifierNet:
+        """The split network with a fresh ``num_classes`` head; ``weights`` is a torchvision weights name."""
+        if weights is not None:
+            raise ValueError(f"a weights name ({weights!r}) is a torchvision name and '{name}' is not a torchvision "
+                             "model; give a .pt / .pth / .safetensors file instead")
+        return self.architecture(name, num_classes)[1]
+
+    def architecture(self, name: str, num_classes: int) -> tuple[nn.Module, ClassifierNet]:
+        """The model as its own code builds it (a state dict of it matches its keys) and its split."""
+        raise NotImplementedError
+
+
+ARCHITECTURES: Registry[ArchitectureSource] = Registry("classifier source", plural="sources", sort=False)
+
+
+class RegisteredOrCallable(ArchitectureSource):
+    description = "digitnet, digitnet_local or a name given to register_backbone, or a package.module:factory"
+
+    def matches(self, name: str) -> bool:
+        return ":" in name or registered_factory(name) is not None
+
+    def architecture(self, name: str, num_classes: int) -> tuple[nn.Module, ClassifierNet]:
+        model = _call_factory(name, num_classes)
+        return model, _split_user_model(model, name)
+
+
+class TimmPrefixed(ArchitectureSource):
+    description = "timm/<name> (timm installed)"
+
+    def matches(self, name: str) -> bool:
+        return name.startswith("timm/")
+
+    def architecture(self, name: str, num_classes: int) -> tuple[nn.Module, ClassifierNet]:
+        model = _timm_model(name[5:], num_classes)
+        return model, _split_timm(model, name[5:])
+
+
+class Torchvision(ArchitectureSource):
+    description = "a torchvision model (torchvision.models.list_models())"
+
+    def matches(self, name: str) -> bool:
+        return _is_torchvision(name)
+
+    def classifier(self, name: str, num_classes: int, weights: str | None) -> ClassifierNet:
+        return _from_torchvision(name, num_classes, weights)
+
+    def architecture(self, name: str, num_classes: int) -> tuple[nn.Module, ClassifierNet]:
+        import torchvision
+
+        model = torchvision.models.get_model(name, num_classes=num_classes)
+        return model, _from_torchvision(name, None, None, model)
+
+
+class Timm(TimmPrefixed):
+    description = "a bare timm name (timm installed)"
+
+    def matches(self, name: str) -> bool:
+        return importlib.util.find_spec("timm") is not None
+
+    def architecture(self, name: str, num_classes: int) -> tuple[nn.Module, ClassifierNet]:
+        return super().architecture(f"timm/{name}", num_classes)
+
+
+for _source in (RegisteredOrCallable(), TimmPrefixed(), Torchvision(), Timm()):
+    ARCHITECTURES.add(type(_source).__name__, _source)
+register_backbone("digitnet", digitnet)
+register_backbone("digitnet_local", digitnet_local)
+
+
+def architecture_source(name: str) -> ArchitectureSource:
+    """The first source of :data:`ARCHITECTURES` that builds ``name``, or an error listing what names can be."""
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"a classifier name must be a non-empty string, got {name!r}")
+    for source in ARCHITECTURES:
+        if ARCHITECTURES.get(source).matches(name):
+            return ARCHITECTURES.get(source)
+    kinds = "; ".join(ARCHITECTURES.get(s).description for s in ARCHITECTURES)
+    raise ValueError(f"unknown classifier architecture '{name}'; a name is one of: {kinds} (timm is not installed)")
 
 
 def build_architecture(name: str, num_classes: int | None, weights: str | None = None
@@ -278,24 +362,8 @@ def build_architecture(name: str, num_classes: int | None, weights: str | None =
         return model, _from_torchvision(name, None, None, model), list(names) if names else None
     if num_classes is None or num_classes < 1:
         raise ValueError(f"the architecture '{name}' needs a class count >= 1, got {num_classes}")
-    if name in ("digitnet", "digitnet_local"):
-        net = digitnet(num_classes) if name == "digitnet" else digitnet_local(num_classes)
-        return net, net, None
-    if ":" in name or registered_factory(name) is not None:
-        model = _call_factory(name, num_classes)
-        return model, _split_user_model(model, name), None
-    timm_name = name[5:] if name.startswith("timm/") else None
-    if timm_name is None and _is_torchvision(name):
-        import torchvision
-
-        model = torchvision.models.get_model(name, num_classes=num_classes)
-        return model, _from_torchvision(name, None, None, model), None
-    if importlib.util.find_spec("timm") is None:
-        raise ValueError(f"unknown classifier architecture '{name}': not digitnet / digitnet_local, a torchvision "
-                         "model (torchvision.models.list_models()), a registered name or a package.module:factory; "
-                         "timm is not installed for timm names")
-    model = _timm_model(timm_name or name, num_classes)
-    return model, _split_timm(model, timm_name or name), None
+    model, split = architecture_source(name).architecture(name, num_classes)
+    return model, split, None
 
 
 def build_classifier(name: str, num_classes: int, weights: str | None = None) -> ClassifierNet:
@@ -306,7 +374,8 @@ def build_classifier(name: str, num_classes: int, weights: str | None = None) ->
             ``vgg16``, ...); a timm name (``timm/<name>``, or a bare name torchvision does not know, when timm
             is installed); a name given to :func:`register_backbone`; or a user callable
             ``package.module:factory`` that takes ``num_classes`` and returns an nn.Module (inside
-            :func:`loading_from`, only when allowed: see the module docstring).
+            :func:`loading_from`, only when allowed: see the module docstring). The sources are tried in the
+            order of :data:`ARCHITECTURES`.
         num_classes: outputs of the head.
         weights: backbone weights: a torchvision weights name (``IMAGENET1K_V1``, needs the internet once)
             or the path of a state dict (``.pt`` / ``.pth`` / ``.safetensors``) loaded non-strictly, so a
@@ -315,29 +384,11 @@ def build_classifier(name: str, num_classes: int, weights: str | None = None) ->
     Returns:
         The classifier.
     """
-    if not isinstance(name, str) or not name:
-        raise TypeError(f"a classifier name must be a non-empty string, got {name!r}")
+    source = architecture_source(name)
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     path_weights = weights is not None and Path(weights).suffix in (".pt", ".pth", ".safetensors", ".bin")
-    if name == "digitnet":
-        net = digitnet(num_classes)
-    elif name == "digitnet_local":
-        net = digitnet_local(num_classes)
-    elif ":" in name or registered_factory(name) is not None:
-        net = _from_callable(name, num_classes)
-    elif name.startswith("timm/"):
-        net = _from_timm(name[5:], num_classes)
-    else:
-        if _is_torchvision(name):
-            net = _from_torchvision(name, num_classes, None if path_weights else weights)
-        elif importlib.util.find_spec("timm") is not None:
-            net = _from_timm(name, num_classes)
-        else:
-            raise ValueError(
-                f"unknown classifier '{name}': not 'digitnet' or 'digitnet_local', not a torchvision classification "
-                "model (see torchvision.models.list_models()), and timm is not installed for timm names"
-            )
+    net = source.classifier(name, num_classes, None if path_weights else weights)
     if path_weights:
         load_backbone_weights(net, weights)
     return net

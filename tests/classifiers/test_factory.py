@@ -76,3 +76,29 @@ def test_unknown_names_give_clear_errors(name, message):
 
 def test_classifier_net_is_an_nn_module():
     assert isinstance(build_classifier("digitnet", 2), ClassifierNet)
+
+
+def test_unknown_names_list_every_kind_of_name_and_weights_names_need_torchvision():
+    with pytest.raises(ValueError, match="register_backbone.*package.module:factory.*timm/<name>.*torchvision"):
+        build_classifier("not_a_model_name_xyz", 3)
+    with pytest.raises(ValueError, match="'digitnet' is not a torchvision model"):
+        build_classifier("digitnet", 3, weights="IMAGENET1K_V1")
+
+
+def test_a_new_architecture_source_is_one_registration(monkeypatch):
+    from explainer.classifiers.factory import ARCHITECTURES, ArchitectureSource
+    from tests.helpers import tiny_net
+
+    class Zoo(ArchitectureSource):
+        description = "zoo/<name>"
+
+        def matches(self, name: str) -> bool:
+            return name.startswith("zoo/")
+
+        def architecture(self, name: str, num_classes: int) -> tuple[nn.Module, ClassifierNet]:
+            net = tiny_net(num_classes)
+            return net, net
+
+    monkeypatch.setattr(ARCHITECTURES, "_entries", {"Zoo": Zoo(), **ARCHITECTURES._entries})
+    assert build_classifier("zoo/anything", 5)(torch.randn(1, 3, 32, 32)).shape == (1, 5)
+    assert build_classifier("digitnet", 2).name == "digitnet"  # the other sources still answer
