@@ -8,11 +8,14 @@ classes has an all-zero target (non-target) mask.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from explainer.registry import Registry
 
 
 def target_masks(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
@@ -82,6 +85,29 @@ def classification_loss(masked_logits: Tensor, targets: Tensor, activation: str 
 
 
 @dataclass
+class LossInputs:
+    """What a loss term may read: the masks, the targets and the classifier's logits on both images.
+
+    Args:
+        mask_logits: ``[B, C, H, W]`` logits of the mask network.
+        targets: ``[B, C]`` multi-hot targets (labels or predictions).
+        masked_logits: classifier logits of the masked image ``m * x``.
+        inverse_logits: classifier logits of the inverse image ``(1 - m) * x``.
+        target_mask: ``m`` ``[B, 1, H, W]``.
+        nontarget_mask: ``n`` ``[B, 1, H, W]``.
+        activation: the classifier's output activation (``sigmoid`` or ``softmax``).
+    """
+
+    mask_logits: Tensor
+    targets: Tensor
+    masked_logits: Tensor
+    inverse_logits: Tensor
+    target_mask: Tensor
+    nontarget_mask: Tensor
+    activation: str = "sigmoid"
+
+
+@dataclass
 class LossWeights:
     """Coefficients of the loss terms (the paper's names in brackets).
 
@@ -93,6 +119,7 @@ class LossWeights:
         nontarget_area: mean non-target-mask area (lambda_n).
         min_area: lower bound of a class's area, relative to H*W.
         max_area: upper bound of a class's area, relative to H*W.
+        extra: weights of further registered terms (:data:`LOSS_TERMS`), by name, added after the paper's.
     """
 
     entropy: float = 1.0
@@ -102,6 +129,40 @@ class LossWeights:
     nontarget_area: float = 0.3
     min_area: float = 0.05
     max_area: float = 0.30
+    extra: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in self.extra:
+            LOSS_TERMS.get(name)  # an unknown name lists the registered terms
+            if name in PAPER_TERMS:
+                raise ValueError(f"the loss term '{name}' is one of the paper's; set its weight with `{name}:`")
+
+    def terms(self) -> dict[str, float]:
+        """Every weighted term's weight, the paper's first and in its order, then ``extra``."""
+        return {**{name: getattr(self, name) for name in PAPER_TERMS}, **self.extra}
+
+
+LossTerm = Callable[[LossInputs, LossWeights], Tensor]
+"""A loss term: a scalar from the inputs (and the weights' other settings, such as the area bounds)."""
+
+LOSS_TERMS: Registry[LossTerm] = Registry("loss term", plural="loss terms")
+"""The weighted terms of the Explainer's loss by name; the classification term is always on and unweighted."""
+
+PAPER_TERMS = ("entropy", "tv", "class_area", "target_area", "nontarget_area")
+"""The paper's weighted terms, in the order they are summed."""
+
+
+def register_loss_term(name: str) -> Callable[[LossTerm], LossTerm]:
+    """Decorator: ``@register_loss_term("my_term")`` on a function ``(inputs, weights) -> scalar`` makes it
+    the term ``my_term``, switched on by an Explainer's ``extra_losses: {my_term: <weight>}``."""
+    return LOSS_TERMS.register(name)
+
+
+register_loss_term("entropy")(lambda x, w: inverse_entropy_loss(x.inverse_logits))
+register_loss_term("tv")(lambda x, w: total_variation(x.target_mask) + total_variation(x.nontarget_mask))
+register_loss_term("class_area")(lambda x, w: class_area_loss(x.mask_logits, x.targets, w.min_area, w.max_area))
+register_loss_term("target_area")(lambda x, w: x.target_mask.mean())
+register_loss_term("nontarget_area")(lambda x, w: x.nontarget_mask.mean())
 
 
 def explainer_loss(
@@ -123,28 +184,18 @@ def explainer_loss(
         inverse_logits: classifier logits of the inverse image ``(1 - m) * x``.
         target_mask: ``m`` ``[B, 1, H, W]``.
         nontarget_mask: ``n`` ``[B, 1, H, W]``.
-        weights: the coefficients.
+        weights: the coefficients (and the extra terms to add).
         activation: the classifier's (:func:`classification_loss`): ``sigmoid`` gives the paper's BCE,
             ``softmax`` cross-entropy on the target class; the other terms are the same for both.
 
     Returns:
         ``loss`` and each unweighted term: ``classification``, ``entropy``, ``tv``, ``class_area``,
-        ``target_area``, ``nontarget_area``.
+        ``target_area``, ``nontarget_area``, then the extra terms.
     """
-    terms = {
-        "classification": classification_loss(masked_logits, targets, activation),
-        "entropy": inverse_entropy_loss(inverse_logits),
-        "tv": total_variation(target_mask) + total_variation(nontarget_mask),
-        "class_area": class_area_loss(mask_logits, targets, weights.min_area, weights.max_area),
-        "target_area": target_mask.mean(),
-        "nontarget_area": nontarget_mask.mean(),
-    }
-    loss = (
-        terms["classification"]
-        + weights.entropy * terms["entropy"]
-        + weights.tv * terms["tv"]
-        + weights.class_area * terms["class_area"]
-        + weights.target_area * terms["target_area"]
-        + weights.nontarget_area * terms["nontarget_area"]
-    )
+    inputs = LossInputs(mask_logits, targets, masked_logits, inverse_logits, target_mask, nontarget_mask, activation)
+    terms = {"classification": classification_loss(masked_logits, targets, activation)}
+    loss = terms["classification"]
+    for name, weight in weights.terms().items():
+        terms[name] = LOSS_TERMS.get(name)(inputs, weights)
+        loss = loss + weight * terms[name]
     return {"loss": loss, **terms}

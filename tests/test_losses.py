@@ -100,3 +100,21 @@ def test_full_loss_is_the_weighted_sum(data):
     bce = torch.nn.functional.binary_cross_entropy_with_logits(masked, targets)
     assert abs(out["classification"].item() - bce.item()) < 1e-12
     assert abs(out["target_area"].item() - m.mean().item()) < 1e-12
+
+
+def test_a_registered_term_joins_the_loss_with_its_weight(data, monkeypatch):
+    from explainer.losses import LOSS_TERMS, register_loss_term
+
+    monkeypatch.setattr(LOSS_TERMS, "_entries", dict(LOSS_TERMS._entries))  # the registration stays in this test
+    register_loss_term("mask_mass")(lambda x, w: x.target_mask.sum() / x.target_mask.shape[0])
+    logits, targets = data
+    m, n = target_masks(logits, targets)
+    masked, inverse = torch.randn(B, C, dtype=torch.float64), torch.randn(B, C, dtype=torch.float64)
+    plain = explainer_loss(logits, targets, masked, inverse, m, n, LossWeights())
+    out = explainer_loss(logits, targets, masked, inverse, m, n, LossWeights(extra={"mask_mass": 0.25}))
+    assert out["mask_mass"].item() == pytest.approx(m.sum().item() / B)
+    assert out["loss"].item() == pytest.approx(plain["loss"].item() + 0.25 * out["mask_mass"].item(), abs=1e-12)
+    with pytest.raises(ValueError, match="unknown loss term 'mass'; valid loss terms: class_area, entropy"):
+        LossWeights(extra={"mass": 1.0})
+    with pytest.raises(ValueError, match="one of the paper's; set its weight with `tv:`"):
+        LossWeights(extra={"tv": 1.0})

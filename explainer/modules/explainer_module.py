@@ -49,6 +49,9 @@ class ExplainerModule(SafeLoading, pl.LightningModule):
         nontarget_area: weight of the mean non-target-mask area (lambda_n).
         min_area: lower area bound of a present class, relative to H*W.
         max_area: upper area bound of a present class, relative to H*W.
+        extra_losses: further weighted loss terms by name (``{my_term: 0.5}``), each registered with
+            :func:`explainer.losses.register_loss_term`; added after the paper's terms and logged as
+            ``<stage>/loss_<name>``.
         fill: what masked-out pixels become: ``mean`` (the dataset mean colour, 0 after normalisation,
             as in the paper), ``zero`` (black) or ``blur`` (a Gaussian blur of the image).
         blur_sigma: sigma in pixels of the ``blur`` fill.
@@ -83,6 +86,7 @@ class ExplainerModule(SafeLoading, pl.LightningModule):
         nontarget_area: float = 0.3,
         min_area: float = 0.05,
         max_area: float = 0.30,
+        extra_losses: dict[str, float] | None = None,
         fill: Literal["mean", "zero", "blur"] = "mean",
         blur_sigma: float = 5.0,
         targets: Literal["labels", "predictions"] = "labels",
@@ -127,7 +131,8 @@ class ExplainerModule(SafeLoading, pl.LightningModule):
                 raise ValueError(f"mask network '{mask_net}' cannot start from the classifier's features; use "
                                  "'classifier_unet'")
             self.mask_net.init_encoder_from(getattr(self.classifier.net, "base", self.classifier.net))
-        self.weights = LossWeights(entropy, tv, class_area, target_area, nontarget_area, min_area, max_area)
+        self.weights = LossWeights(entropy, tv, class_area, target_area, nontarget_area, min_area, max_area,
+                                   extra=dict(extra_losses or {}))
         self.register_buffer("norm_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("norm_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self._checked_classifier = False
@@ -204,14 +209,13 @@ class ExplainerModule(SafeLoading, pl.LightningModule):
 
     def _log_terms(self, out: dict[str, Tensor], stage: str, batch_size: int) -> None:
         log_mean(self, f"{stage}/loss", out["loss"], batch_size, prog_bar=True)
-        for name in ("classification", "entropy", "tv", "class_area", "target_area", "nontarget_area"):
+        for name in ("classification", *self.weights.terms()):
             log_mean(self, f"{stage}/loss_{name}", out[name], batch_size)
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         out = self.explain_batch(batch)
         if not torch.isfinite(out["loss"]):
-            terms = {k: float(out[k].detach()) for k in ("classification", "entropy", "tv", "class_area", "target_area",
-                                                  "nontarget_area")}
+            terms = {k: float(out[k].detach()) for k in ("classification", *self.weights.terms())}
             best = getattr(self.trainer.checkpoint_callback, "best_model_path", "") if self._trainer else ""
             raise FloatingPointError(
                 f"non-finite Explainer loss at step {self.global_step} (epoch {self.current_epoch}, batch "

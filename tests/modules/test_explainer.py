@@ -183,3 +183,22 @@ def test_export_callback_writes_the_best_checkpoint(classifier_ckpt, tmp_path):
     with pytest.raises(FileExistsError):  # refuses before training, not after
         _trainer(tmp_path, callbacks=[ExportExplainer(folder=str(tmp_path / "exported"))]).fit(
             ExplainerModule(str(classifier_ckpt), **MASK_NET), datamodule=_dm())
+
+
+def test_an_extra_loss_term_is_trained_logged_and_validated_by_name(classifier_ckpt, tmp_path, monkeypatch):
+    from explainer.losses import LOSS_TERMS, register_loss_term
+
+    monkeypatch.setattr(LOSS_TERMS, "_entries", dict(LOSS_TERMS._entries))
+    register_loss_term("inverse_mass")(lambda x, w: (1 - x.target_mask).mean())
+    module = ExplainerModule(str(classifier_ckpt), extra_losses={"inverse_mass": 0.5}, **MASK_NET)
+    batch = next(iter(_dm().train_dataloader()))
+    out = module.explain_batch(batch)
+    paper = module.weights.terms()
+    expected = out["classification"] + sum(w * out[k] for k, w in paper.items())
+    assert list(paper)[-1] == "inverse_mass"
+    torch.testing.assert_close(out["loss"], expected)
+    trainer = _trainer(tmp_path, max_steps=1, limit_val_batches=0)
+    trainer.fit(module, datamodule=_dm())
+    assert "train/loss_inverse_mass" in trainer.logged_metrics
+    with pytest.raises(ValueError, match="unknown loss term 'inverse_mas'"):
+        ExplainerModule(str(classifier_ckpt), extra_losses={"inverse_mas": 0.5}, **MASK_NET)
