@@ -26,9 +26,8 @@ from torch import Tensor, nn
 import explainer
 from explainer.atomic import check_replaceable, replacing_folder
 from explainer.checkpoint import read_checkpoint
-from explainer.methods.base import gather_classes
 from explainer.nets.masknets import build_mask_net
-from explainer.ops import IMAGENET_MEAN, IMAGENET_STD
+from explainer.ops import IMAGENET_MEAN, IMAGENET_STD, gather_classes
 from explainer.trust import loading_from
 from explainer.viz import save_figure
 

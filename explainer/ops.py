@@ -1,4 +1,5 @@
-"""Small tensor helpers that every layer may use: normalisation constants, Gaussian blur, the activation check.
+"""Small tensor helpers that every layer may use: normalisation constants, Gaussian blur, the activation check,
+and the selection of per-class maps.
 
 Each exists once here: the Explainer's blurred fill, the in-fillers, extremal perturbations and the
 smoothing of maps all blur with :func:`gaussian_blur`; classifiers, methods and metrics all validate an
@@ -92,5 +93,28 @@ def gaussian_blur(x: Tensor, sigma: float, padding_mode: str = "replicate") -> T
     return separable_conv(x, gaussian_kernel1d(sigma, device=x.device, dtype=x.dtype), padding_mode)
 
 
-__all__ = ["ACTIVATIONS", "IMAGENET_MEAN", "IMAGENET_STD", "check_activation", "denormalize", "gaussian_blur",
-           "gaussian_kernel1d", "separable_conv"]
+def gather_classes(per_class: Tensor, classes: Tensor) -> Tensor:
+    """Selects maps ``[B, K, H, W]`` for ``classes`` ``[B, K]`` from maps of every class ``[B, C, H, W]``.
+
+    Padding entries (``-1``) give all-zero maps.
+    """
+    index = classes.clamp(min=0).view(*classes.shape, 1, 1).expand(-1, -1, *per_class.shape[-2:])
+    maps = per_class.gather(1, index)
+    return maps * (classes >= 0).view(*classes.shape, 1, 1).to(maps.dtype)
+
+
+def present_classes(labels: Tensor) -> Tensor:
+    """The present classes of multi-hot ``labels`` ``[B, C]`` as ``[B, K]`` indices padded with ``-1``.
+
+    ``K`` is the largest number of present classes in the batch (at least 1).
+    """
+    present = labels > 0.5
+    k = max(1, int(present.sum(1).max().item())) if labels.numel() else 1
+    # stable order: present classes first, by index
+    order = torch.argsort((~present).to(torch.int8), dim=1, stable=True)[:, :k]
+    taken = present.gather(1, order)
+    return torch.where(taken, order, torch.full_like(order, -1))
+
+
+__all__ = ["ACTIVATIONS", "IMAGENET_MEAN", "IMAGENET_STD", "check_activation", "denormalize", "gather_classes",
+           "gaussian_blur", "gaussian_kernel1d", "present_classes", "separable_conv"]

@@ -23,7 +23,7 @@ from explainer.evaluation.suite import (
     unit_maps,
 )
 from explainer.export import check_export_target, export_explainer
-from explainer.methods.base import gather_classes, present_classes
+from explainer.ops import gather_classes, present_classes
 from explainer.viz import as_rgb, log_figure
 
 

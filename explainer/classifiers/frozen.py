@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from explainer.checkpoint import read_checkpoint
+from explainer.classifiers.adapter import OutputAdapter
 from explainer.classifiers.factory import ClassifierNet, build_classifier
-from explainer.classifiers.source import OutputAdapter
 from explainer.ops import IMAGENET_MEAN, IMAGENET_STD
 from explainer.trust import loading_from
 

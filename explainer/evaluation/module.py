@@ -34,9 +34,10 @@ from explainer.evaluation.suite import (
     ground_truth_source,
     unit_maps,
 )
-from explainer.methods.base import AttributionMethod, present_classes
+from explainer.methods.base import AttributionMethod
 from explainer.metrics.causal import insertion_deletion_curves
 from explainer.metrics.localisation import localisation_scores
+from explainer.ops import present_classes
 from explainer.protocols import get_protocol, grid_targets
 
 EXAMPLES = 6

@@ -21,9 +21,7 @@ from explainer.methods.base import (
     available_methods,
     build_method,
     check_classes,
-    gather_classes,
     method_class,
-    present_classes,
     register_method,
 )
 from explainer.methods.cam import GradCAM, GradCAMPlusPlus
@@ -44,6 +42,7 @@ from explainer.methods.prototypes import PrototypeAttribution  # noqa: F401  (re
 from explainer.methods.rise import RISE, rise_masks
 from explainer.methods.smoothing import SmoothedMethod, gaussian_smooth
 from explainer.methods.trivial import CentreBaseline, OracleBaseline, UniformBaseline
+from explainer.ops import gather_classes, present_classes
 
 __all__ = [
     "COSTS",

@@ -119,26 +119,3 @@ def build_method(name: str, classifier: nn.Module | None = None, **options: Any)
         The method.
     """
     return METHODS.get(name)(classifier=classifier, **options)
-
-
-def gather_classes(per_class: Tensor, classes: Tensor) -> Tensor:
-    """Selects maps ``[B, K, H, W]`` for ``classes`` ``[B, K]`` from maps of every class ``[B, C, H, W]``.
-
-    Padding entries (``-1``) give all-zero maps.
-    """
-    index = classes.clamp(min=0).view(*classes.shape, 1, 1).expand(-1, -1, *per_class.shape[-2:])
-    maps = per_class.gather(1, index)
-    return maps * (classes >= 0).view(*classes.shape, 1, 1).to(maps.dtype)
-
-
-def present_classes(labels: Tensor) -> Tensor:
-    """The present classes of multi-hot ``labels`` ``[B, C]`` as ``[B, K]`` indices padded with ``-1``.
-
-    ``K`` is the largest number of present classes in the batch (at least 1).
-    """
-    present = labels > 0.5
-    k = max(1, int(present.sum(1).max().item())) if labels.numel() else 1
-    # stable order: present classes first, by index
-    order = torch.argsort((~present).to(torch.int8), dim=1, stable=True)[:, :k]
-    taken = present.gather(1, order)
-    return torch.where(taken, order, torch.full_like(order, -1))

@@ -7,7 +7,9 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from explainer.methods.base import AttributionMethod, check_classes, gather_classes, register_method
+from explainer.export import load
+from explainer.methods.base import AttributionMethod, check_classes, register_method
+from explainer.ops import gather_classes
 
 
 @register_method
@@ -34,8 +36,6 @@ class ExplainerAttribution(AttributionMethod):
         if (path is None) == (model is None):
             raise ValueError("the 'explainer' method needs exactly one of path=<export folder or .ckpt> or model=")
         if model is None:
-            from explainer.export import load  # here: explainer.export imports this package
-
             model = load(path)
         self.model = model.eval()
 

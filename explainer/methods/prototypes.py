@@ -17,6 +17,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from explainer.export_prototypes import load_prototypes
 from explainer.methods.base import AttributionMethod, check_classes, register_method
 from explainer.methods.common import eval_mode
 from explainer.nets.prototypes import PrototypeLayer, pooled_linear_head
@@ -47,9 +48,6 @@ class PrototypeAttribution(AttributionMethod):
             raise ValueError("the 'prototypes' method needs the classifier and a fitted prototype head (or its "
                              "export folder): build_method('prototypes', classifier=..., prototypes=...)")
         if not isinstance(prototypes, PrototypeLayer):
-            # imported here: explainer.export_prototypes imports explainer.export, which imports this package
-            from explainer.export_prototypes import load_prototypes
-
             prototypes, config = load_prototypes(prototypes)
             expected = config["classifier"]["content_hash"]
             actual = getattr(classifier, "content_hash", None)

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from explainer.methods.base import AttributionMethod, check_classes, gather_classes, register_method
+from explainer.methods.base import AttributionMethod, check_classes, register_method
 from explainer.methods.common import chunk_slices, eval_mode
-from explainer.ops import check_activation
+from explainer.ops import check_activation, gather_classes
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 

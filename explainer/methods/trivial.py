@@ -7,7 +7,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from explainer.methods.base import AttributionMethod, check_classes, gather_classes, register_method
+from explainer.methods.base import AttributionMethod, check_classes, register_method
+from explainer.ops import gather_classes
 
 
 def _pad_zero(maps: Tensor, classes: Tensor) -> Tensor:

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from explainer.classifiers.factory import build_classifier, load_backbone_weights
 from explainer.registry import Registry
 
 MASK_NETS: Registry[Callable[..., nn.Module]] = Registry("mask network")
@@ -128,8 +129,6 @@ def _torchvision_segmentation(builder_name: str, num_classes: int, weights_backb
     file of the torchvision backbone (``.pt`` / ``.pth`` / ``.safetensors``, loaded non-strictly).
     """
     import torchvision.models.segmentation as segmentation
-
-    from explainer.classifiers.factory import load_backbone_weights
 
     path = None
     if weights_backbone and Path(weights_backbone).suffix in (".pt", ".pth", ".safetensors"):
@@ -247,8 +246,6 @@ class ClassifierUNetMaskNet(nn.Module):
 
     def __init__(self, num_classes: int, backbone: str = "digitnet", width: int = 32, probe_size: int = 64) -> None:
         super().__init__()
-        from explainer.classifiers.factory import build_classifier
-
         features = build_classifier(backbone, num_classes).features
         if not isinstance(features, nn.Sequential):
             raise ValueError(f"classifier_unet needs a backbone whose features are an nn.Sequential; '{backbone}' has "
