@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Tests and the demo never reach the network: wandb logs offline unless told otherwise.
 export WANDB_MODE ?= offline
 
-.PHONY: setup demo test test-all lint clean
+.PHONY: setup demo test test-all docs-check lint clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,9 @@ test: $(STAMP)  ## the fast test suite (exit code 5, "no tests collected", count
 
 test-all: $(STAMP)  ## every test, the slow ones included
 	$(PY) -m pytest -q -m "not gpu"
+
+docs-check: $(STAMP)  ## the README's commands: parsed and links checked, then its recipes run with the data shrunk
+	$(PY) -m pytest -q tests/test_readme.py -m "slow or not slow"
 
 lint: $(STAMP)
 	$(PY) -m ruff check explainer tests train.py evaluate.py benchmarks
