@@ -227,8 +227,9 @@ def test_the_evaluate_commands_run(repo, quickstart_classifier, monkeypatch):
     for command in (*natural, *grids):
         for old, new in shrink.items():
             command = command.replace(old, new)
-        argv = shlex.split(command)[2:] + ["--data-arg", "test_scenes=40", "--option", "bbmp.iterations=3",
-                                           "--trainer.enable_progress_bar", "false"]
+        argv = [str(repo / a) if a.startswith("configs/") else a for a in shlex.split(command)[2:]]
+        argv += ["--data-arg", "test_scenes=40", "--trainer.enable_progress_bar", "false"]
+        argv += ["--option", "bbmp.iterations=3"] if ",bbmp," in command else []
         rows = main(argv)
         out = Path(argv[argv.index("--out") + 1])
         assert rows and (out / "results.json").is_file() and (out / "results.md").is_file()
