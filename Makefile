@@ -29,6 +29,7 @@ docs-check: $(STAMP)  ## the README's commands: parsed and links checked, then i
 	$(PY) -m pytest -q tests/test_readme.py -m "slow or not slow"
 
 lint: $(STAMP)
+	$(PY) -m ruff format --check explainer tests train.py evaluate.py benchmarks
 	$(PY) -m ruff check explainer tests train.py evaluate.py benchmarks
 
 clean:

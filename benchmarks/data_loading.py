@@ -83,16 +83,22 @@ def main() -> None:
         voc = random_images(n, 500, 375, len(VOC_CLASSES), seed=1, splits=("train",))
         voc += random_images(n, 500, 375, len(VOC_CLASSES), seed=2, prefix="9", splits=("test",), segmented_every=4)
         make_voc2007(work / "voc", voc)
-        coco = {"train2014": random_images(n, 640, 480, len(COCO_CLASSES), seed=3),
-                "val2014": random_images(n, 640, 480, len(COCO_CLASSES), seed=4)}
+        coco = {
+            "train2014": random_images(n, 640, 480, len(COCO_CLASSES), seed=3),
+            "val2014": random_images(n, 640, 480, len(COCO_CLASSES), seed=4),
+        }
         for image_set, imgs in coco.items():
             for i, img in enumerate(imgs):
                 img.id = str((1 if image_set == "train2014" else 500_000) + i)
         make_coco2014(work / "coco", coco)
         print(f"built {4 * n} images in {time.perf_counter() - t0:.1f} s under {work}")
 
-        common = dict(image_size=args.image_size, batch_size=args.batch_size, num_workers=args.workers,
-                      pin_memory=torch.cuda.is_available())
+        common = dict(
+            image_size=args.image_size,
+            batch_size=args.batch_size,
+            num_workers=args.workers,
+            pin_memory=torch.cuda.is_available(),
+        )
         voc_dm = VOC2007DataModule(str(work / "voc"), **common)
         voc_dm.setup("fit")
         voc_dm.setup("test")
@@ -109,20 +115,34 @@ def main() -> None:
         for name, loader in loaders.items():
             rows[name]["one_process_img_per_s"] = time_items(loader.dataset)
 
-    header = (f"{'loader':34s} {'images':>6s} {'masks':>6s} {'cold img/s':>11s} {'steady img/s':>13s} "
-              f"{'1-process img/s':>16s}")
+    header = (
+        f"{'loader':34s} {'images':>6s} {'masks':>6s} {'cold img/s':>11s} {'steady img/s':>13s} "
+        f"{'1-process img/s':>16s}"
+    )
     print(header)
     print("-" * len(header))
     for name, r in rows.items():
-        print(f"{name:34s} {r['images']:6d} {r['with_masks']:6d} {r['cold_img_per_s']:11.1f} "
-              f"{r['steady_img_per_s']:13.1f} {r['one_process_img_per_s']:16.1f}")
+        print(
+            f"{name:34s} {r['images']:6d} {r['with_masks']:6d} {r['cold_img_per_s']:11.1f} "
+            f"{r['steady_img_per_s']:13.1f} {r['one_process_img_per_s']:16.1f}"
+        )
     result = {
-        "settings": {"images_per_split": n, "workers": args.workers, "batch_size": args.batch_size,
-                     "image_size": args.image_size, "resize": "stretch", "voc_image": "500x375",
-                     "coco_image": "640x480"},
-        "machine": {"cpus": os.cpu_count(), "load_average_1min": round(os.getloadavg()[0], 2),
-                    "python": platform.python_version(), "torch": torch.__version__,
-                    "platform": platform.platform()},
+        "settings": {
+            "images_per_split": n,
+            "workers": args.workers,
+            "batch_size": args.batch_size,
+            "image_size": args.image_size,
+            "resize": "stretch",
+            "voc_image": "500x375",
+            "coco_image": "640x480",
+        },
+        "machine": {
+            "cpus": os.cpu_count(),
+            "load_average_1min": round(os.getloadavg()[0], 2),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "platform": platform.platform(),
+        },
         "results": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

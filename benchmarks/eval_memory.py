@@ -43,15 +43,17 @@ TIME = "/usr/bin/time"
 def make_models(folder: Path) -> tuple[Path, Path]:
     """A digitnet classifier checkpoint and an Explainer export for it (untrained weights)."""
     ckpt = untrained_classifier_checkpoint(folder)
-    explainer = ExplainerModule(str(ckpt), mask_net="classifier_unet",
-                                mask_net_kwargs={"backbone": "digitnet", "width": 32})
+    explainer = ExplainerModule(
+        str(ckpt), mask_net="classifier_unet", mask_net_kwargs={"backbone": "digitnet", "width": 32}
+    )
     return ckpt, export_explainer(explainer, folder / "explainer")
 
 
 def peak_rss(command: list[str]) -> dict[str, float]:
     """Runs ``command`` under ``/usr/bin/time -v``; returns its peak RSS (MB) and wall seconds."""
-    run = subprocess.run([TIME, "-v", *command], cwd=REPO, capture_output=True, text=True,
-                         env={**os.environ, "WANDB_MODE": "disabled"})
+    run = subprocess.run(
+        [TIME, "-v", *command], cwd=REPO, capture_output=True, text=True, env={**os.environ, "WANDB_MODE": "disabled"}
+    )
     if run.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{run.stderr[-3000:]}")
     rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", run.stderr)
@@ -65,8 +67,13 @@ def peak_rss(command: list[str]) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[500, 4000], help="test-split sizes")
-    parser.add_argument("--cache", nargs="+", default=["false", "true"], choices=["false", "true"],
-                        help="digit-scene cache settings to measure")
+    parser.add_argument(
+        "--cache",
+        nargs="+",
+        default=["false", "true"],
+        choices=["false", "true"],
+        help="digit-scene cache settings to measure",
+    )
     parser.add_argument("--workdir", default=None, help="folder for the models and results (default: temporary)")
     args = parser.parse_args()
     if not Path(TIME).is_file():
@@ -78,26 +85,53 @@ def main() -> None:
         rows = []
         for cache in args.cache:
             for size in args.sizes:
-                command = [sys.executable, "evaluate.py", "--data", "configs/data/digits.yaml",
-                           "--data-arg", f"test_scenes={size}", "--data-arg", f"cache={cache}",
-                           "--classifier", str(ckpt), "--methods", f"explainer={export}",
-                           "--metrics", "pointing_game,segmentation", "--out", str(work / f"out-{cache}-{size}"),
-                           "--trainer.enable_progress_bar", "false", "--trainer.logger", "false"]
+                command = [
+                    sys.executable,
+                    "evaluate.py",
+                    "--data",
+                    "configs/data/digits.yaml",
+                    "--data-arg",
+                    f"test_scenes={size}",
+                    "--data-arg",
+                    f"cache={cache}",
+                    "--classifier",
+                    str(ckpt),
+                    "--methods",
+                    f"explainer={export}",
+                    "--metrics",
+                    "pointing_game,segmentation",
+                    "--out",
+                    str(work / f"out-{cache}-{size}"),
+                    "--trainer.enable_progress_bar",
+                    "false",
+                    "--trainer.logger",
+                    "false",
+                ]
                 measured = peak_rss(command)
                 rows.append({"test_images": size, "cache": cache == "true", **measured})
-                print(f"cache={cache:5s} {size:6d} images: peak RSS {measured['peak_rss_mb']:8.1f} MB, "
-                      f"{measured['wall_s']:6.1f} s", flush=True)
+                print(
+                    f"cache={cache:5s} {size:6d} images: peak RSS {measured['peak_rss_mb']:8.1f} MB, "
+                    f"{measured['wall_s']:6.1f} s",
+                    flush=True,
+                )
     print()
     print("| cache | test images | peak RSS (MB) | wall (s) | RSS / smallest split |")
     print("|---|---:|---:|---:|---:|")
     for row in rows:
         base = next(r for r in rows if r["cache"] == row["cache"] and r["test_images"] == min(args.sizes))
         row["rss_ratio"] = round(row["peak_rss_mb"] / base["peak_rss_mb"], 3)
-        print(f"| {row['cache']} | {row['test_images']} | {row['peak_rss_mb']} | {row['wall_s']} | "
-              f"{row['rss_ratio']:.3f} |")
-    result = {"benchmark": "eval_memory", "python": platform.python_version(), "torch": torch.__version__,
-              "cpu_count": os.cpu_count(), "command": "evaluate.py --methods explainer "
-              "--metrics pointing_game,segmentation on configs/data/digits.yaml", "rows": rows}
+        print(
+            f"| {row['cache']} | {row['test_images']} | {row['peak_rss_mb']} | {row['wall_s']} | "
+            f"{row['rss_ratio']:.3f} |"
+        )
+    result = {
+        "benchmark": "eval_memory",
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "command": "evaluate.py --methods explainer --metrics pointing_game,segmentation on configs/data/digits.yaml",
+        "rows": rows,
+    }
     out = REPO / "benchmarks" / "results" / "eval_memory.json"
     write_atomic(out, json.dumps(result, indent=2) + "\n")
     print(f"\nwritten to {out.relative_to(REPO)}")

@@ -147,27 +147,45 @@ def main(argv: list[str] | None = None) -> dict:
             "per_step": 2 * (steps + 1),
             "batched": 2 * math.ceil(args.images * (steps + 1) / args.chunk_size),
         }[name]
-        rows.append({"method": name, "seconds": seconds, "forward_passes": passes,
-                     "images_per_second": 2 * args.images * (steps + 1) / seconds, **aucs})
+        rows.append(
+            {
+                "method": name,
+                "seconds": seconds,
+                "forward_passes": passes,
+                "images_per_second": 2 * args.images * (steps + 1) / seconds,
+                **aucs,
+            }
+        )
     naive_s = rows[0]["seconds"]
     for row in rows:
         row["speedup_vs_naive"] = naive_s / row["seconds"]
     max_diff = max(abs(results["batched"][m] - results["naive"][m]) for m in ("deletion", "insertion"))
 
-    print(f"insertion/deletion, digitnet, {args.images} images of {args.size} px, step {args.step} px "
-          f"({steps} steps, {2 * args.images * (steps + 1)} perturbed images), device {device}, "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"insertion/deletion, digitnet, {args.images} images of {args.size} px, step {args.step} px "
+        f"({steps} steps, {2 * args.images * (steps + 1)} perturbed images), device {device}, "
+        f"{torch.get_num_threads()} threads"
+    )
     print(f"{'method':<10}{'passes':>8}{'seconds':>10}{'img/s':>10}{'speed-up':>10}{'deletion':>10}{'insertion':>11}")
     for row in rows:
-        print(f"{row['method']:<10}{row['forward_passes']:>8}{row['seconds']:>10.3f}{row['images_per_second']:>10.0f}"
-              f"{row['speedup_vs_naive']:>9.1f}x{row['deletion']:>10.4f}{row['insertion']:>11.4f}")
+        print(
+            f"{row['method']:<10}{row['forward_passes']:>8}{row['seconds']:>10.3f}{row['images_per_second']:>10.0f}"
+            f"{row['speedup_vs_naive']:>9.1f}x{row['deletion']:>10.4f}{row['insertion']:>11.4f}"
+        )
     print(f"max |AUC batched - AUC naive| = {max_diff:.2e}")
 
     report = {
-        "config": {**vars(args), "steps": steps, "classifier": "digitnet (random weights, BatchNorm statistics of the images)"},
+        "config": {
+            **vars(args),
+            "steps": steps,
+            "classifier": "digitnet (random weights, BatchNorm statistics of the images)",
+        },
         "environment": {
-            "torch": torch.__version__, "device": str(device), "threads": torch.get_num_threads(),
-            "cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
+            "torch": torch.__version__,
+            "device": str(device),
+            "threads": torch.get_num_threads(),
+            "cpu": platform.processor() or platform.machine(),
+            "python": platform.python_version(),
             "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         },
         "results": rows,

@@ -31,8 +31,21 @@ from explainer.data.batch import collate
 from explainer.data.digits import DigitScenes
 from explainer.methods import available_methods, build_method, present_classes
 
-DEFAULT_METHODS = ["explainer", "centre", "uniform", "gradient", "input_x_gradient", "guided_backprop", "integrated_gradients",
-                   "gradcam", "gradcam++", "rise", "fido", "bbmp", "extremal"]
+DEFAULT_METHODS = [
+    "explainer",
+    "centre",
+    "uniform",
+    "gradient",
+    "input_x_gradient",
+    "guided_backprop",
+    "integrated_gradients",
+    "gradcam",
+    "gradcam++",
+    "rise",
+    "fido",
+    "bbmp",
+    "extremal",
+]
 ITERATIVE = {"fido": 300, "bbmp": 300, "extremal": 800}  # default schedules
 
 
@@ -41,8 +54,14 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_method(name: str, classifier: torch.nn.Module, images: torch.Tensor, classes: torch.Tensor,
-                max_iterations: int | None, repeats: int) -> dict:
+def time_method(
+    name: str,
+    classifier: torch.nn.Module,
+    images: torch.Tensor,
+    classes: torch.Tensor,
+    max_iterations: int | None,
+    repeats: int,
+) -> dict:
     """Times one method; returns its row of the results."""
     options: dict = {}
     full = ITERATIVE.get(name)
@@ -77,8 +96,13 @@ def time_method(name: str, classifier: torch.nn.Module, images: torch.Tensor, cl
     seconds = min(times)
     assert maps.shape == (*classes.shape, *images.shape[-2:])
     options = {k: (v if k != "model" else "unet(width=16, depth=3, stem_stride=2)") for k, v in options.items()}
-    row = {"method": name, "batch_seconds": seconds, "per_image_seconds": seconds / images.shape[0],
-           "extrapolated": False, "options": options}
+    row = {
+        "method": name,
+        "batch_seconds": seconds,
+        "per_image_seconds": seconds / images.shape[0],
+        "extrapolated": False,
+        "options": options,
+    }
     if capped:
         row["measured_iterations"] = max_iterations
         row["iterations"] = full
@@ -90,15 +114,30 @@ def time_method(name: str, classifier: torch.nn.Module, images: torch.Tensor, cl
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=available_methods(),
-                        metavar="NAME", help="methods to time (default: all baselines)")
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=DEFAULT_METHODS,
+        choices=available_methods(),
+        metavar="NAME",
+        help="methods to time (default: all baselines)",
+    )
     parser.add_argument("--batch", type=int, default=8, help="images per attribute() call")
-    parser.add_argument("--classes", choices=["present", "all"], default="present",
-                        help="explain the present classes of each image or all 10")
-    parser.add_argument("--max-iterations", type=int, default=None,
-                        help="cap FIDO / BBMP / extremal iterations and extrapolate to the full schedule")
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="timed runs per method, the minimum is kept (methods over 10 s run once)")
+    parser.add_argument(
+        "--classes",
+        choices=["present", "all"],
+        default="present",
+        help="explain the present classes of each image or all 10",
+    )
+    parser.add_argument(
+        "--max-iterations",
+        type=int,
+        default=None,
+        help="cap FIDO / BBMP / extremal iterations and extrapolate to the full schedule",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="timed runs per method, the minimum is kept (methods over 10 s run once)"
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--output", type=Path, default=Path(__file__).resolve().parent / "results" / "methods.json")
     args = parser.parse_args(argv)
@@ -116,14 +155,19 @@ def main(argv: list[str] | None = None) -> dict:
     pairs = int((classes >= 0).sum())
 
     rows = []
-    print(f"digitnet (random weights), 64 px, batch {args.batch}, classes: {args.classes} "
-          f"({pairs} image-class pairs), device {device}, {torch.get_num_threads()} CPU threads")
+    print(
+        f"digitnet (random weights), 64 px, batch {args.batch}, classes: {args.classes} "
+        f"({pairs} image-class pairs), device {device}, {torch.get_num_threads()} CPU threads"
+    )
     print(f"{'method':<22}{'s / image':>12}{'s / batch':>12}  note")
     for name in args.methods:
         row = time_method(name, classifier, images, classes, args.max_iterations, args.repeats)
         rows.append(row)
-        note = f"extrapolated from {row['measured_iterations']} of {row['iterations']} iterations" \
-            if row["extrapolated"] else ""
+        note = (
+            f"extrapolated from {row['measured_iterations']} of {row['iterations']} iterations"
+            if row["extrapolated"]
+            else ""
+        )
         print(f"{name:<22}{row['per_image_seconds']:>12.4f}{row['batch_seconds']:>12.3f}  {note}", flush=True)
 
     by_name = {r["method"]: r["per_image_seconds"] for r in rows}
@@ -134,9 +178,16 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "ratios": ratios,
         "setup": {
-            "classifier": "digitnet, 10 classes, random weights (seed 0)", "image_size": 64, "batch": args.batch,
-            "classes": args.classes, "pairs": pairs, "device": str(device), "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "platform": platform.platform(), "processor": platform.processor(),
+            "classifier": "digitnet, 10 classes, random weights (seed 0)",
+            "image_size": 64,
+            "batch": args.batch,
+            "classes": args.classes,
+            "pairs": pairs,
+            "device": str(device),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "platform": platform.platform(),
+            "processor": platform.processor(),
         },
         "methods": rows,
     }

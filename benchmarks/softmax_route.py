@@ -36,49 +36,103 @@ from explainer.evaluation import EvaluationSettings, MethodRun, evaluate_plan
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "quickstart"
 RESULTS = Path(__file__).resolve().parent / "results"
-METRICS = {"pointing_game.accuracy": "pointing game", "box_iou.c_iou": "mask IoU vs boxes",
-           "saliency.saliency": "saliency (lower better)"}
+METRICS = {
+    "pointing_game.accuracy": "pointing game",
+    "box_iou.c_iou": "mask IoU vs boxes",
+    "saliency.saliency": "saliency (lower better)",
+}
 console = Console()
 
 
 def single_digit_data(scenes: int, epochs: int, val: int, test: int) -> list[str]:
     """Overrides that make the quickstart data single-label: one digit per scene."""
-    return ["--data.init_args.min_digits", "1", "--data.init_args.max_digits", "1",
-            "--data.init_args.train_scenes", str(scenes), "--data.init_args.val_scenes", str(val),
-            "--data.init_args.test_scenes", str(test), "--trainer.max_epochs", str(epochs),
-            "--trainer.logger", "false", "--trainer.enable_model_summary", "false"]
+    return [
+        "--data.init_args.min_digits",
+        "1",
+        "--data.init_args.max_digits",
+        "1",
+        "--data.init_args.train_scenes",
+        str(scenes),
+        "--data.init_args.val_scenes",
+        str(val),
+        "--data.init_args.test_scenes",
+        str(test),
+        "--trainer.max_epochs",
+        str(epochs),
+        "--trainer.logger",
+        "false",
+        "--trainer.enable_model_summary",
+        "false",
+    ]
 
 
 def run_route(activation: str, out: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Trains the classifier and its Explainer for one route; evaluates the Explainer."""
     start = time.perf_counter()
-    clf = make_cli(["fit", "--config", str(CONFIGS / "classifier.yaml"),
-                    "--model.init_args.activation", activation, "--trainer.default_root_dir", str(out / "classifier"),
-                    *single_digit_data(args.classifier_scenes, args.classifier_epochs, args.val, args.test)])
+    clf = make_cli(
+        [
+            "fit",
+            "--config",
+            str(CONFIGS / "classifier.yaml"),
+            "--model.init_args.activation",
+            activation,
+            "--trainer.default_root_dir",
+            str(out / "classifier"),
+            *single_digit_data(args.classifier_scenes, args.classifier_epochs, args.val, args.test),
+        ]
+    )
     best = clf.trainer.checkpoint_callback.best_model_path
-    tested = clf.trainer.test(clf.model, datamodule=clf.datamodule, ckpt_path=best, weights_only=True,
-                              verbose=False)[0]
+    tested = clf.trainer.test(clf.model, datamodule=clf.datamodule, ckpt_path=best, weights_only=True, verbose=False)[0]
     classifier_seconds = time.perf_counter() - start
 
     start = time.perf_counter()
-    exp = make_cli(["fit", "--config", str(CONFIGS / "explainer.yaml"), "--model.init_args.classifier", best,
-                    "--trainer.callbacks.init_args.folder", str(out / "explainer"),
-                    "--trainer.default_root_dir", str(out / "explainer_run"),
-                    *single_digit_data(args.explainer_scenes, args.explainer_epochs, args.val, args.test)])
+    exp = make_cli(
+        [
+            "fit",
+            "--config",
+            str(CONFIGS / "explainer.yaml"),
+            "--model.init_args.classifier",
+            best,
+            "--trainer.callbacks.init_args.folder",
+            str(out / "explainer"),
+            "--trainer.default_root_dir",
+            str(out / "explainer_run"),
+            *single_digit_data(args.explainer_scenes, args.explainer_epochs, args.val, args.test),
+        ]
+    )
     exported = [c.exported for c in exp.trainer.callbacks if isinstance(c, ExportExplainer) and c.exported]
     explainer_seconds = time.perf_counter() - start
 
     settings = EvaluationSettings(metrics=["pointing_game", "box_iou", "saliency"], limit=args.test)
-    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                         enable_model_summary=False, inference_mode=False, use_distributed_sampler=False,
-                         default_root_dir=str(out))
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        inference_mode=False,
+        use_distributed_sampler=False,
+        default_root_dir=str(out),
+    )
     plan = [MethodRun("explainer", "explainer", {"path": str(exported[0])}, settings)]
-    rows = evaluate_plan(plan, trainer, exp.model.classifier, exp.datamodule, out / "evaluation", [],
-                         {"limit": args.test}, console=console).rows
+    rows = evaluate_plan(
+        plan,
+        trainer,
+        exp.model.classifier,
+        exp.datamodule,
+        out / "evaluation",
+        [],
+        {"limit": args.test},
+        console=console,
+    ).rows
     scores = {r["metric"]: (r["value"], r.get("stderr"), r["n"]) for r in rows if r["metric"] in METRICS}
-    return {"activation": activation, "objective": "BCE (paper)" if activation == "sigmoid" else
-            "cross-entropy on the target class", "classifier_test_mAP": tested["test/mAP"],
-            "scores": scores, "seconds": {"classifier": classifier_seconds, "explainer": explainer_seconds}}
+    return {
+        "activation": activation,
+        "objective": "BCE (paper)" if activation == "sigmoid" else "cross-entropy on the target class",
+        "classifier_test_mAP": tested["test/mAP"],
+        "scores": scores,
+        "seconds": {"classifier": classifier_seconds, "explainer": explainer_seconds},
+    }
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -114,8 +168,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     console.print(table)
     gap = routes[1]["scores"]["pointing_game.accuracy"][0] - routes[0]["scores"]["pointing_game.accuracy"][0]
     console.print(f"pointing game, softmax - sigmoid: {gap:+.3f}")
-    result = {"routes": routes, "pointing_game_gap": gap, "settings": vars(args),
-              "machine": {"platform": platform.platform(), "threads": __import__("torch").get_num_threads()}}
+    result = {
+        "routes": routes,
+        "pointing_game_gap": gap,
+        "settings": vars(args),
+        "machine": {"platform": platform.platform(), "threads": __import__("torch").get_num_threads()},
+    }
     write_atomic(Path(args.out), json.dumps(result, indent=2))
     return result
 

@@ -82,7 +82,7 @@ class BatchTimer(pl.Callback):
         self.starts.append(time.perf_counter())
 
     def per_batch(self, skip: int = 2) -> float:
-        gaps = [b - a for a, b in zip(self.starts[skip:-1], self.starts[skip + 1:], strict=True)]
+        gaps = [b - a for a, b in zip(self.starts[skip:-1], self.starts[skip + 1 :], strict=True)]
         return statistics.median(gaps)
 
 
@@ -119,17 +119,30 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
     module2, data2 = quickstart_module(work / "classifier.ckpt")
     timer = BatchTimer()
-    trainer = pl.Trainer(max_epochs=1, limit_train_batches=args.fit_batches, limit_val_batches=0, logger=False,
-                         enable_checkpointing=False, enable_model_summary=False, default_root_dir=str(work),
-                         callbacks=[ExplainerMetrics(), MaskPanel(), timer])  # the config's, less the export
+    trainer = pl.Trainer(
+        max_epochs=1,
+        limit_train_batches=args.fit_batches,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        default_root_dir=str(work),
+        callbacks=[ExplainerMetrics(), MaskPanel(), timer],
+    )  # the config's, less the export
     trainer.fit(module2, datamodule=data2)
     fit_seconds = timer.per_batch()
 
     floor = floor_mask + floor_classifier
     result = {
-        "batch_size": b, "image_size": int(images.shape[-1]),
-        "seconds": {"floor_mask_net_fwd_bwd": floor_mask, "floor_classifier_fwd_bwd_2B": floor_classifier,
-                    "floor": floor, "step": step_seconds, "fit_per_batch": fit_seconds},
+        "batch_size": b,
+        "image_size": int(images.shape[-1]),
+        "seconds": {
+            "floor_mask_net_fwd_bwd": floor_mask,
+            "floor_classifier_fwd_bwd_2B": floor_classifier,
+            "floor": floor,
+            "step": step_seconds,
+            "fit_per_batch": fit_seconds,
+        },
         "ratios": {"step / floor": step_seconds / floor, "fit / floor": fit_seconds / floor},
     }
     if args.epoch:
@@ -142,9 +155,23 @@ def quickstart_epoch(work: Path) -> float:
     from explainer.cli import make_cli
 
     start = time.perf_counter()
-    make_cli(["fit", "--config", str(CONFIG), "--model.init_args.classifier", str(work / "classifier.ckpt"),
-              "--trainer.max_epochs", "1", "--trainer.logger", "false", "--trainer.default_root_dir", str(work / "run"),
-              "--trainer.callbacks.init_args.folder", str(work / "export")])
+    make_cli(
+        [
+            "fit",
+            "--config",
+            str(CONFIG),
+            "--model.init_args.classifier",
+            str(work / "classifier.ckpt"),
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.logger",
+            "false",
+            "--trainer.default_root_dir",
+            str(work / "run"),
+            "--trainer.callbacks.init_args.folder",
+            str(work / "export"),
+        ]
+    )
     return time.perf_counter() - start
 
 
@@ -157,8 +184,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as work:
         result = measure(args, Path(work))
-    result["machine"] = {"platform": platform.platform(), "threads": torch.get_num_threads(),
-                         "torch": torch.__version__}
+    result["machine"] = {
+        "platform": platform.platform(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
     table = Table(title=f"Explainer training step, batch {result['batch_size']} at {result['image_size']} px")
     table.add_column("what")
     table.add_column("seconds", justify="right")

@@ -1,10 +1,10 @@
 """explainer: learned explainers of image classifiers on PyTorch Lightning.
 
-    import explainer
-    model = explainer.load("checkpoints/quickstart/explainer")
-    masks = model.explain(images)            # [B, C, H, W], one forward pass
+import explainer
+model = explainer.load("checkpoints/quickstart/explainer")
+masks = model.explain(images)            # [B, C, H, W], one forward pass
 
-    exp = explainer.fit(classifier=my_model, datamodule=data, export="checkpoints/mine")   # your classifier
+exp = explainer.fit(classifier=my_model, datamodule=data, export="checkpoints/mine")   # your classifier
 """
 
 from __future__ import annotations

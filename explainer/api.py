@@ -1,9 +1,9 @@
 """The Python entry points: name a classifier, train an Explainer for it, get the export back.
 
-    import explainer
-    model = ...                                   # any trained nn.Module, a TorchScript or .pt2 file, ...
-    exp = explainer.fit(classifier=model, datamodule=data, export="checkpoints/mine", max_epochs=5)
-    masks = exp.explain(images)                   # [B, C, H, W]
+import explainer
+model = ...                                   # any trained nn.Module, a TorchScript or .pt2 file, ...
+exp = explainer.fit(classifier=model, datamodule=data, export="checkpoints/mine", max_epochs=5)
+masks = exp.explain(images)                   # [B, C, H, W]
 """
 
 from __future__ import annotations
@@ -41,8 +41,16 @@ def classifier(source: Any, *, num_classes: int | None = None, **options: Any) -
     return load_classifier(spec, num_classes=num_classes)
 
 
-def fit(classifier: Any, datamodule: Any, export: str | Path = "checkpoints/explainer", *, max_epochs: int = 5,
-        overwrite: bool = False, trainer: dict[str, Any] | None = None, **explainer_options: Any) -> Any:
+def fit(
+    classifier: Any,
+    datamodule: Any,
+    export: str | Path = "checkpoints/explainer",
+    *,
+    max_epochs: int = 5,
+    overwrite: bool = False,
+    trainer: dict[str, Any] | None = None,
+    **explainer_options: Any,
+) -> Any:
     """Trains an Explainer for ``classifier`` on ``datamodule``, exports the best epoch, and loads the export.
 
     Args:
@@ -61,14 +69,21 @@ def fit(classifier: Any, datamodule: Any, export: str | Path = "checkpoints/expl
         The exported Explainer (:func:`explainer.load` of ``export``).
     """
     if not hasattr(datamodule, "class_names"):
-        raise TypeError(f"explainer.fit needs a data module of this library (with class_names), got "
-                        f"{type(datamodule).__name__}")
-    module = ExplainerModule(classifier=classifier, num_classes=datamodule.num_classes,
-                             class_names=list(datamodule.class_names), **explainer_options)
-    options = {"max_epochs": max_epochs, "logger": False, "default_root_dir": "runs/explainer",
-               **(trainer or {})}
-    callbacks = [ExplainerMetrics(), ExportExplainer(folder=str(export), overwrite=overwrite),
-                 ModelCheckpoint(monitor="val/loss", mode="min", save_top_k=1, filename="best-{epoch:02d}-{step}")]
+        raise TypeError(
+            f"explainer.fit needs a data module of this library (with class_names), got {type(datamodule).__name__}"
+        )
+    module = ExplainerModule(
+        classifier=classifier,
+        num_classes=datamodule.num_classes,
+        class_names=list(datamodule.class_names),
+        **explainer_options,
+    )
+    options = {"max_epochs": max_epochs, "logger": False, "default_root_dir": "runs/explainer", **(trainer or {})}
+    callbacks = [
+        ExplainerMetrics(),
+        ExportExplainer(folder=str(export), overwrite=overwrite),
+        ModelCheckpoint(monitor="val/loss", mode="min", save_top_k=1, filename="best-{epoch:02d}-{step}"),
+    ]
     callbacks += list(options.pop("callbacks", []))
     pl.Trainer(callbacks=callbacks, **options).fit(module, datamodule=datamodule)
     return load(export)

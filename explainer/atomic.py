@@ -56,8 +56,9 @@ def replacing_folder(folder: Path) -> Iterator[Path]:
     folder = Path(os.path.abspath(folder))  # '.', relative paths and symlinked parents alike
     here = Path(os.path.abspath(os.getcwd()))
     if folder.parent == folder or not folder.name or folder == here or folder in here.parents:
-        raise ValueError(f"cannot replace {folder} whole (it is or holds the working directory): choose a folder "
-                         "below it")
+        raise ValueError(
+            f"cannot replace {folder} whole (it is or holds the working directory): choose a folder below it"
+        )
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
     os.chmod(staging, 0o777 & ~_umask())  # the permissions of a plain mkdir, not mkdtemp's 0700
@@ -84,8 +85,9 @@ def replacing_folder(folder: Path) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def check_replaceable(folder: Path, config_name: str, fmt: str, files: frozenset[str], overwrite: bool,
-                      what: str) -> None:
+def check_replaceable(
+    folder: Path, config_name: str, fmt: str, files: frozenset[str], overwrite: bool, what: str
+) -> None:
     """Refuses to write an export of kind ``what`` into ``folder`` when that would replace an export (without
     ``overwrite``) or anything that is not one: a folder is only replaced whole when its ``config_name``
     declares format ``fmt`` and it holds nothing beyond ``files``. An empty or missing folder is fine."""
@@ -94,8 +96,10 @@ def check_replaceable(folder: Path, config_name: str, fmt: str, files: frozenset
     if not folder.is_dir() or not any(folder.iterdir()):
         return
     if not (folder / config_name).exists():
-        raise FileExistsError(f"{folder} holds files but no export ({config_name}); an export replaces its folder "
-                              "whole, so choose an empty or new folder")
+        raise FileExistsError(
+            f"{folder} holds files but no export ({config_name}); an export replaces its folder "
+            "whole, so choose an empty or new folder"
+        )
     try:
         found = json.loads((folder / config_name).read_text()).get("format")
     except (ValueError, UnicodeDecodeError, AttributeError):
@@ -103,8 +107,9 @@ def check_replaceable(folder: Path, config_name: str, fmt: str, files: frozenset
     others = sorted(p.name for p in folder.iterdir() if p.name not in files)
     if found != fmt or others:
         why = f"its {config_name} is not an {what}" if found != fmt else f"it also holds {others[:5]}"
-        raise FileExistsError(f"{folder} is not only an {what} ({why}); an export replaces its folder whole, so "
-                              "choose another folder")
+        raise FileExistsError(
+            f"{folder} is not only an {what} ({why}); an export replaces its folder whole, so choose another folder"
+        )
     if not overwrite:
         raise FileExistsError(f"{folder / config_name} exists; pass overwrite=True or choose another folder")
 

@@ -88,23 +88,31 @@ def check_resume_checkpoint(path: str | Path, model: Any) -> None:
     """
     hp = read_checkpoint(path).get("hyper_parameters") or {}
     for where, key in _class_specs(hp):
-        raise ValueError(f"--ckpt_path {path}: hyper_parameters{where} holds a '{key}' entry, which would make the "
-                         "command line build an object of the class it names; a checkpoint may only hold plain "
-                         "values there. Remove the entry or start from the weights with init_from")
+        raise ValueError(
+            f"--ckpt_path {path}: hyper_parameters{where} holds a '{key}' entry, which would make the "
+            "command line build an object of the class it names; a checkpoint may only hold plain "
+            "values there. Remove the entry or start from the weights with init_from"
+        )
     recorded = hp.get("_class_path")
     known = RESTORABLE_MODULES
     if recorded is not None and _class_name(recorded) not in known:
-        raise ValueError(f"--ckpt_path {path} names the model class {recorded!r}; only the project's modules "
-                         f"({', '.join(known)}) are restored from a checkpoint")
+        raise ValueError(
+            f"--ckpt_path {path} names the model class {recorded!r}; only the project's modules "
+            f"({', '.join(known)}) are restored from a checkpoint"
+        )
     configured = model.get("class_path") if hasattr(model, "get") else None
     if recorded is not None and configured is not None and _class_name(configured) != _class_name(recorded):
-        raise ValueError(f"--ckpt_path {path} is a checkpoint of {_class_name(recorded)}, but the config trains "
-                         f"{_class_name(configured) or configured}; pass a checkpoint of the same module, or "
-                         "start from its weights with the module's own option (e.g. init_from)")
+        raise ValueError(
+            f"--ckpt_path {path} is a checkpoint of {_class_name(recorded)}, but the config trains "
+            f"{_class_name(configured) or configured}; pass a checkpoint of the same module, or "
+            "start from its weights with the module's own option (e.g. init_from)"
+        )
     init_args = (model.get("init_args") if hasattr(model, "get") else None) or {}
     typed_kwargs = init_args.get("mask_net_kwargs") if hasattr(init_args, "get") else None
-    typed = {"backbone": init_args.get("backbone") if hasattr(init_args, "get") else None,
-             "mask_net_kwargs.backbone": typed_kwargs.get("backbone") if hasattr(typed_kwargs, "get") else None}
+    typed = {
+        "backbone": init_args.get("backbone") if hasattr(init_args, "get") else None,
+        "mask_net_kwargs.backbone": typed_kwargs.get("backbone") if hasattr(typed_kwargs, "get") else None,
+    }
     kwargs = hp.get("mask_net_kwargs") if isinstance(hp.get("mask_net_kwargs"), dict) else {}
     for field, value in (("backbone", hp.get("backbone")), ("mask_net_kwargs.backbone", kwargs.get("backbone"))):
         if isinstance(value, str) and value != typed[field]:

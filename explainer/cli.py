@@ -54,8 +54,13 @@ class SaveRunConfig(SaveConfigCallback):
         if trainer.is_global_zero:
             fs = get_filesystem(folder)
             fs.makedirs(folder, exist_ok=True)
-            self.parser.save(self.config, os.path.join(folder, self.config_filename), skip_none=False,
-                             overwrite=self.overwrite, multifile=self.multifile)
+            self.parser.save(
+                self.config,
+                os.path.join(folder, self.config_filename),
+                skip_none=False,
+                overwrite=self.overwrite,
+                multifile=self.multifile,
+            )
             self.already_saved = True
         self.already_saved = trainer.strategy.broadcast(self.already_saved)
 
@@ -92,13 +97,14 @@ class ExplainerCLI(LightningCLI):
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
         parser.link_arguments("data.class_names", "model.init_args.class_names", apply_on="instantiate")
         parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
-        parser.set_defaults({
-            "checkpoint.monitor": "val/loss",
-            "checkpoint.mode": "min",
-            "checkpoint.save_top_k": 1,
-            "checkpoint.filename": "best-{epoch:02d}-{step}",
-        })
-
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val/loss",
+                "checkpoint.mode": "min",
+                "checkpoint.save_top_k": 1,
+                "checkpoint.filename": "best-{epoch:02d}-{step}",
+            }
+        )
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> pl.Trainer:
         # a RichProgressBar unless progress bars are off or another one is configured
@@ -143,4 +149,13 @@ def train_main(args: list[str] | None = None) -> ExplainerCLI:
     return make_cli(args)
 
 
-__all__ = ["ExplainerCLI", "finish_loggers", "RichProgressBar", "SaveRunConfig", "default_logger", "make_cli", "run_dir", "train_main"]
+__all__ = [
+    "ExplainerCLI",
+    "finish_loggers",
+    "RichProgressBar",
+    "SaveRunConfig",
+    "default_logger",
+    "make_cli",
+    "run_dir",
+    "train_main",
+]

@@ -50,41 +50,80 @@ def train_classifier(out: Path, extra: list[str]) -> dict[str, Any]:
     target = out / "classifier.ckpt"
     shutil.copyfile(best, target)
     finish_loggers(cli.trainer)
-    return {"checkpoint": str(target), "run": str(run_dir(cli.trainer)),
-            "test/mAP": results["test/mAP"], "test/F1": results["test/F1"]}
+    return {
+        "checkpoint": str(target),
+        "run": str(run_dir(cli.trainer)),
+        "test/mAP": results["test/mAP"],
+        "test/F1": results["test/F1"],
+    }
 
 
 def train_explainer(out: Path, classifier: str, extra: list[str]) -> dict[str, Any]:
     """Fits the quickstart Explainer; its ExportExplainer callback writes ``out/explainer``."""
-    cli = make_cli(["fit", "--config", str(CONFIGS / "explainer.yaml"), "--model.init_args.classifier", classifier,
-                    # the last callback of the config is the ExportExplainer: export into --out
-                    "--trainer.callbacks.init_args.folder", str(out / "explainer"), *extra])
+    cli = make_cli(
+        [
+            "fit",
+            "--config",
+            str(CONFIGS / "explainer.yaml"),
+            "--model.init_args.classifier",
+            classifier,
+            # the last callback of the config is the ExportExplainer: export into --out
+            "--trainer.callbacks.init_args.folder",
+            str(out / "explainer"),
+            *extra,
+        ]
+    )
     exported = [c.exported for c in cli.trainer.callbacks if isinstance(c, ExportExplainer) and c.exported]
     if not exported:
         raise RuntimeError("the Explainer run exported nothing; see the log above")
-    results = cli.trainer.validate(cli.model, datamodule=cli.datamodule,
-                                   ckpt_path=cli.trainer.checkpoint_callback.best_model_path or None,
-                                   weights_only=True, verbose=False)[0]
+    results = cli.trainer.validate(
+        cli.model,
+        datamodule=cli.datamodule,
+        ckpt_path=cli.trainer.checkpoint_callback.best_model_path or None,
+        weights_only=True,
+        verbose=False,
+    )[0]
     finish_loggers(cli.trainer)
-    return {"export": str(exported[0]), "run": str(run_dir(cli.trainer)),
-            "val/loss": results.get("val/loss"), "datamodule": cli.datamodule, "classifier": cli.model.classifier}
+    return {
+        "export": str(exported[0]),
+        "run": str(run_dir(cli.trainer)),
+        "val/loss": results.get("val/loss"),
+        "datamodule": cli.datamodule,
+        "classifier": cli.model.classifier,
+    }
 
 
 # the demo's references and baselines, every registered one, with settings reduced where the defaults are too
 # slow for the demo's budget on a 2-core CPU (FIDO's default schedule alone takes 22 s per image there);
 # README's full table runs them with the defaults through evaluate.py
 DEMO_METHODS: dict[str, dict[str, Any]] = {
-    "centre": {}, "uniform": {}, "oracle": {},
-    "gradcam": {}, "gradcam++": {}, "gradient": {}, "input_x_gradient": {}, "integrated_gradients": {"steps": 16},
-    "guided_backprop": {}, "rise": {"num_masks": 1000}, "bbmp": {"iterations": 100},
-    "fido": {"iterations": 50, "samples": 2}, "extremal": {"areas": [0.1], "iterations": 100},
+    "centre": {},
+    "uniform": {},
+    "oracle": {},
+    "gradcam": {},
+    "gradcam++": {},
+    "gradient": {},
+    "input_x_gradient": {},
+    "integrated_gradients": {"steps": 16},
+    "guided_backprop": {},
+    "rise": {"num_masks": 1000},
+    "bbmp": {"iterations": 100},
+    "fido": {"iterations": 50, "samples": 2},
+    "extremal": {"areas": [0.1], "iterations": 100},
 }
 # methods that cost at most one forward pass of their own network are evaluated on every test image
 FULL_COSTS = ("free", "one pass")
 
 
-def evaluate_quickstart(explainer_dir: Path, datamodule: Any, classifier: Any, out: Path, limit: int,
-                        baselines: bool, baseline_limit: int = 32) -> list[dict[str, Any]]:
+def evaluate_quickstart(
+    explainer_dir: Path,
+    datamodule: Any,
+    classifier: Any,
+    out: Path,
+    limit: int,
+    baselines: bool,
+    baseline_limit: int = 32,
+) -> list[dict[str, Any]]:
     """Evaluates the Explainer and the references on ``limit`` test images and the slower baselines on the
     first ``baseline_limit`` of them (without the class-specificity test, which needs every class's map);
     writes results and pictures through the same engine as ``evaluate.py``."""
@@ -92,18 +131,33 @@ def evaluate_quickstart(explainer_dir: Path, datamodule: Any, classifier: Any, o
 
     step = datamodule.image_size * 4
     full = EvaluationSettings(limit=limit, insertion_step=step)
-    light = EvaluationSettings(limit=baseline_limit, insertion_step=step,
-                               metrics=[m for m in full.metrics if m != "class_specificity"])
+    light = EvaluationSettings(
+        limit=baseline_limit, insertion_step=step, metrics=[m for m in full.metrics if m != "class_specificity"]
+    )
     names = {"explainer": {"path": str(explainer_dir)}}
     names.update(DEMO_METHODS if baselines else {"centre": {}, "uniform": {}})
-    plan = [MethodRun(name, name, options, full if method_class(name).cost in FULL_COSTS else light)
-            for name, options in names.items()]
-    trainer = pl.Trainer(accelerator="auto", devices=1, logger=False, enable_checkpointing=False,
-                         enable_model_summary=False, inference_mode=False, use_distributed_sampler=False,
-                         default_root_dir=str(out))
-    settings = {"limit": limit, "baseline_limit": baseline_limit,
-                "insertion_step": step, "targets": "labels", "tie_order": full.tie_order,
-                "saliency_mode": full.saliency_mode}
+    plan = [
+        MethodRun(name, name, options, full if method_class(name).cost in FULL_COSTS else light)
+        for name, options in names.items()
+    ]
+    trainer = pl.Trainer(
+        accelerator="auto",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        inference_mode=False,
+        use_distributed_sampler=False,
+        default_root_dir=str(out),
+    )
+    settings = {
+        "limit": limit,
+        "baseline_limit": baseline_limit,
+        "insertion_step": step,
+        "targets": "labels",
+        "tie_order": full.tie_order,
+        "saliency_mode": full.saliency_mode,
+    }
     return evaluate_plan(plan, trainer, classifier, datamodule, out, [], settings, console=console).rows
 
 
@@ -127,8 +181,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out = Path(args.out)
     extra = []
     if args.fast:
-        extra = ["--trainer.max_epochs", "1", "--data.init_args.train_scenes", "256",
-                 "--data.init_args.val_scenes", "64", "--data.init_args.test_scenes", "64"]
+        extra = [
+            "--trainer.max_epochs",
+            "1",
+            "--data.init_args.train_scenes",
+            "256",
+            "--data.init_args.val_scenes",
+            "64",
+            "--data.init_args.test_scenes",
+            "64",
+        ]
         args.limit = min(args.limit, 32)
 
     summary: dict[str, Any] = {"stages": {}}
@@ -142,8 +204,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     summary["stages"]["explainer"] = time.perf_counter() - start
 
     start = _stage("3/4  evaluation on the test split (ground-truth classes)")
-    rows = evaluate_quickstart(Path(exp["export"]), exp.pop("datamodule"), exp.pop("classifier"), Path(args.results),
-                               args.limit, baselines=not args.no_baselines)
+    rows = evaluate_quickstart(
+        Path(exp["export"]),
+        exp.pop("datamodule"),
+        exp.pop("classifier"),
+        Path(args.results),
+        args.limit,
+        baselines=not args.no_baselines,
+    )
     summary["explainer"] = exp
     summary["stages"]["evaluation"] = time.perf_counter() - start
 
@@ -156,8 +224,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     table.add_row("classifier test mAP", f"{clf['test/mAP']:.4f}")
     table.add_row("classifier test F1", f"{clf['test/F1']:.4f}")
     value = {(r["method"], r["metric"]): r["value"] for r in rows}
-    for metric, label in [("pointing_game.accuracy", "pointing game"), ("box_iou.c_iou", "mask IoU vs boxes"),
-                          ("saliency.saliency", "saliency metric (lower better)")]:
+    for metric, label in [
+        ("pointing_game.accuracy", "pointing game"),
+        ("box_iou.c_iou", "mask IoU vs boxes"),
+        ("saliency.saliency", "saliency metric (lower better)"),
+    ]:
         for method in ("explainer", "centre", "uniform"):
             if (method, metric) in value:
                 table.add_row(f"{label}: {method}", f"{value[(method, metric)]:.4f}")

@@ -48,12 +48,17 @@ def check_export_target(folder: Path, overwrite: bool) -> None:
 
 def check_finite(state: dict[str, Tensor], what: str) -> None:
     """Refuses a state dict with non-finite floating-point tensors, naming them."""
-    bad = [f"{k} ({int((~torch.isfinite(v)).sum())} of {v.numel()})" for k, v in state.items()
-           if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    bad = [
+        f"{k} ({int((~torch.isfinite(v)).sum())} of {v.numel()})"
+        for k, v in state.items()
+        if v.is_floating_point() and not bool(torch.isfinite(v).all())
+    ]
     if bad:
-        raise ValueError(f"{what} has non-finite values in {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}: "
-                         "training diverged (lower the learning rate, or export an earlier checkpoint); nothing "
-                         "was written")
+        raise ValueError(
+            f"{what} has non-finite values in {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}: "
+            "training diverged (lower the learning rate, or export an earlier checkpoint); nothing "
+            "was written"
+        )
 
 
 def _factory_names(config: dict[str, Any]) -> list[str]:
@@ -107,12 +112,18 @@ def export_explainer(
             "std": list(std if std is not None else module.norm_std.flatten().tolist()),
         },
         "input_size": list(input_size) if input_size is not None else None,
-        "classifier": {"reference": module.classifier.reference, "spec": hp.classifier,
-                       "sha256": module.classifier.content_hash, "adapter": module.classifier.adapter.to_config()},
+        "classifier": {
+            "reference": module.classifier.reference,
+            "spec": hp.classifier,
+            "sha256": module.classifier.content_hash,
+            "adapter": module.classifier.adapter.to_config(),
+        },
         "targets": hp.targets,
         "fill": hp.fill,
-        "loss_weights": {k: float(getattr(hp, k)) for k in
-                         ("entropy", "tv", "class_area", "target_area", "nontarget_area", "min_area", "max_area")},
+        "loss_weights": {
+            k: float(getattr(hp, k))
+            for k in ("entropy", "tv", "class_area", "target_area", "nontarget_area", "min_area", "max_area")
+        },
     }
     with replacing_folder(folder) as staging:  # every file in a fresh folder, renamed into place at the end
         save_file(state, str(staging / WEIGHTS_NAME), metadata={"format": FORMAT})
@@ -163,8 +174,10 @@ class LoadedExplainer(nn.Module):
             elif isinstance(c, int) and 0 <= c < len(self.class_names):
                 out.append(c)
             else:
-                raise ValueError(f"class {c!r} is neither a class name nor an index in [0, "
-                                 f"{len(self.class_names) - 1}]; the classes are {self.class_names}")
+                raise ValueError(
+                    f"class {c!r} is neither a class name nor an index in [0, "
+                    f"{len(self.class_names) - 1}]; the classes are {self.class_names}"
+                )
         return out
 
     @torch.no_grad()
@@ -194,8 +207,10 @@ class LoadedExplainer(nn.Module):
         if not isinstance(classes, Tensor):
             classes = torch.tensor(self._class_indices(classes), device=masks.device).expand(masks.shape[0], -1)
         elif classes.ndim != 2 or classes.shape[0] != masks.shape[0] or classes.is_floating_point():
-            raise ValueError(f"classes as a tensor must be [B, K] integer indices with B = {masks.shape[0]}, got "
-                             f"{classes.dtype} of shape {tuple(classes.shape)}; or pass a list of names or indices")
+            raise ValueError(
+                f"classes as a tensor must be [B, K] integer indices with B = {masks.shape[0]}, got "
+                f"{classes.dtype} of shape {tuple(classes.shape)}; or pass a list of names or indices"
+            )
         elif bool(((classes < -1) | (classes >= len(self.class_names))).any()):
             raise ValueError(f"class indices must lie in [-1, {len(self.class_names) - 1}]")
         return gather_classes(masks, classes.to(masks.device).long())
@@ -216,8 +231,10 @@ def _check_images_of(model: LoadedExplainer, images: Any) -> Tensor:
     finite = torch.isfinite(images).flatten(1).all(1)
     if not bool(finite.all()):
         bad = (~finite).nonzero().flatten().tolist()
-        raise ValueError(f"image(s) {bad[:10]} of the batch hold NaN or inf pixels; their masks would be NaN. "
-                         "Replace those pixels (e.g. torch.nan_to_num) or drop the images")
+        raise ValueError(
+            f"image(s) {bad[:10]} of the batch hold NaN or inf pixels; their masks would be NaN. "
+            "Replace those pixels (e.g. torch.nan_to_num) or drop the images"
+        )
     return images
 
 
@@ -244,12 +261,14 @@ def _read_weights(path: Path) -> dict[str, Tensor]:
     try:
         return load_file(str(path))
     except Exception as err:  # safetensors raises its own error types for damaged files
-        raise ValueError(f"{path} is not a readable safetensors file ({err}); the export is damaged: export it "
-                         "again") from err
+        raise ValueError(
+            f"{path} is not a readable safetensors file ({err}); the export is damaged: export it again"
+        ) from err
 
 
-def load(path: str | Path, map_location: str | torch.device = "cpu", *,
-         allow_factories: Iterable[str] = ()) -> LoadedExplainer:
+def load(
+    path: str | Path, map_location: str | torch.device = "cpu", *, allow_factories: Iterable[str] = ()
+) -> LoadedExplainer:
     """Loads an exported Explainer folder (or an ``ExplainerModule`` checkpoint file).
 
     Loading reads data only. A mask network built on a ``package.module:factory`` classifier (the
@@ -276,10 +295,14 @@ def load(path: str | Path, map_location: str | torch.device = "cpu", *,
         net = build_mask_net(spec["name"], len(class_names), **spec["kwargs"])
     net.load_state_dict(state)
     config = {
-        "format": FORMAT, "class_names": class_names, "num_classes": len(class_names), "mask_net": spec,
+        "format": FORMAT,
+        "class_names": class_names,
+        "num_classes": len(class_names),
+        "mask_net": spec,
         "normalization": hp.get("_normalization") or {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
         "classifier": {"reference": hp.get("classifier"), "sha256": hp.get("classifier_hash")},
-        "targets": hp.get("targets", "labels"), "fill": hp.get("fill", "mean"),
+        "targets": hp.get("targets", "labels"),
+        "fill": hp.get("fill", "mean"),
     }
     return LoadedExplainer(net, config).to(map_location)
 
@@ -290,7 +313,7 @@ def _checkpoint_mask_net(path: Path) -> tuple[dict[str, Tensor], list[str], dict
     if "mask_net" not in hp:
         raise ValueError(f"'{path}' is not an ExplainerModule checkpoint (no 'mask_net' hyper-parameter)")
     prefix = "mask_net."
-    state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     names = hp.get("class_names") or [str(i) for i in range(int(hp["num_classes"]))]
     hp = {**hp, "_normalization": _normalization_of(ckpt)}
     return state, list(names), {"name": hp["mask_net"], "kwargs": dict(hp.get("mask_net_kwargs") or {})}, hp

@@ -35,10 +35,16 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 
 
-def export_prototypes(layer: PrototypeLayer, folder: str | Path, class_names: list[str] | None,
-                      classifier: FrozenClassifier, num_prototypes: Tensor | None = None,
-                      extra: dict[str, Any] | None = None, overwrite: bool = False,
-                      classifier_spec: Any = None) -> Path:
+def export_prototypes(
+    layer: PrototypeLayer,
+    folder: str | Path,
+    class_names: list[str] | None,
+    classifier: FrozenClassifier,
+    num_prototypes: Tensor | None = None,
+    extra: dict[str, Any] | None = None,
+    overwrite: bool = False,
+    classifier_spec: Any = None,
+) -> Path:
     """Writes a fitted prototype head to ``folder``.
 
     Args:
@@ -63,8 +69,11 @@ def export_prototypes(layer: PrototypeLayer, folder: str | Path, class_names: li
     names = list(class_names) if class_names is not None else [str(i) for i in range(layer.num_classes)]
     if len(names) != layer.num_classes:
         raise ValueError(f"{len(names)} class names for a head of {layer.num_classes} classes")
-    counts = (torch.full((layer.num_classes,), layer.prototypes_per_class, dtype=torch.long)
-              if num_prototypes is None else num_prototypes.detach().to("cpu", torch.long))
+    counts = (
+        torch.full((layer.num_classes,), layer.prototypes_per_class, dtype=torch.long)
+        if num_prototypes is None
+        else num_prototypes.detach().to("cpu", torch.long)
+    )
     tensors = {
         "prototypes": layer.prototypes.detach().to("cpu", torch.float32).contiguous(),
         "bias": layer.bias.detach().to("cpu", torch.float32).contiguous(),
@@ -124,8 +133,9 @@ def load_prototypes(folder: str | Path) -> tuple[PrototypeLayer, dict[str, Any]]
     return layer, config
 
 
-def load_prototype_classifier(folder: str | Path, classifier: str | Path | None = None
-                              ) -> tuple[FrozenClassifier, PrototypeLayer, dict[str, Any]]:
+def load_prototype_classifier(
+    folder: str | Path, classifier: str | Path | None = None
+) -> tuple[FrozenClassifier, PrototypeLayer, dict[str, Any]]:
     """Loads an export together with the classifier it decomposes, checking the classifier's hash.
 
     Args:
@@ -140,7 +150,9 @@ def load_prototype_classifier(folder: str | Path, classifier: str | Path | None 
         ValueError: the classifier's weights differ from the ones the head was fitted to.
     """
     layer, config = load_prototypes(folder)
-    path = classifier if classifier is not None else config["classifier"].get("spec") or config["classifier"]["reference"]
+    path = (
+        classifier if classifier is not None else config["classifier"].get("spec") or config["classifier"]["reference"]
+    )
     with loading_from(f"the prototype export {Path(folder) / CONFIG_FILE}"):
         frozen = load_classifier(path, num_classes=config["num_classes"])
     expected = config["classifier"]["content_hash"]

@@ -24,21 +24,20 @@ ACTIVATIONS = ("sigmoid", "softmax")
 def check_activation(activation: str) -> str:
     """``activation`` if it is one of :data:`ACTIVATIONS`, else an error naming both."""
     if activation not in ACTIVATIONS:
-        raise ValueError(f"unknown activation '{activation}'; use 'sigmoid' (multi-label) or 'softmax' "
-                         "(single-label)")
+        raise ValueError(f"unknown activation '{activation}'; use 'sigmoid' (multi-label) or 'softmax' (single-label)")
     return activation
 
 
-def denormalize(images: Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
-                ) -> Tensor:
+def denormalize(images: Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> Tensor:
     """Maps images ``[..., 3, H, W]`` normalised with ``mean`` / ``std`` back to ``[0, 1]`` RGB."""
     mean_t = torch.tensor(mean, device=images.device, dtype=images.dtype).view(3, 1, 1)
     std_t = torch.tensor(std, device=images.device, dtype=images.dtype).view(3, 1, 1)
     return (images * std_t + mean_t).clamp(0, 1)
 
 
-def gaussian_kernel1d(sigma: float, radius: int | None = None, device: torch.device | None = None,
-                      dtype: torch.dtype = torch.float32) -> Tensor:
+def gaussian_kernel1d(
+    sigma: float, radius: int | None = None, device: torch.device | None = None, dtype: torch.dtype = torch.float32
+) -> Tensor:
     """A normalised 1-D Gaussian of standard deviation ``sigma`` (radius ``ceil(3 sigma)`` unless given)."""
     if sigma <= 0:
         return torch.ones(1, device=device, dtype=dtype)
@@ -116,5 +115,15 @@ def present_classes(labels: Tensor) -> Tensor:
     return torch.where(taken, order, torch.full_like(order, -1))
 
 
-__all__ = ["ACTIVATIONS", "IMAGENET_MEAN", "IMAGENET_STD", "check_activation", "denormalize", "gather_classes",
-           "gaussian_blur", "gaussian_kernel1d", "present_classes", "separable_conv"]
+__all__ = [
+    "ACTIVATIONS",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "check_activation",
+    "denormalize",
+    "gather_classes",
+    "gaussian_blur",
+    "gaussian_kernel1d",
+    "present_classes",
+    "separable_conv",
+]

@@ -1,11 +1,11 @@
 """One small registry, for everything chosen by name: attribution methods, mask networks, in-fillers.
 
-    METHODS = Registry("attribution method")
+METHODS = Registry("attribution method")
 
-    @METHODS.register("gradcam")
-    class GradCAM(...): ...
+@METHODS.register("gradcam")
+class GradCAM(...): ...
 
-    METHODS.get("gradcam")      # the class; an unknown name lists the valid ones
+METHODS.get("gradcam")      # the class; an unknown name lists the valid ones
 """
 
 from __future__ import annotations

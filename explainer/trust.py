@@ -95,5 +95,14 @@ def registered_factory(name: str) -> Callable[..., Any] | None:
     return BACKBONES.get(name) if name in BACKBONES else None
 
 
-__all__ = ["ALLOW_ENV", "BACKBONES", "UntrustedFactoryError", "allowed_factories", "check_trusted", "loading_from",
-           "register_backbone", "registered_backbones", "registered_factory"]
+__all__ = [
+    "ALLOW_ENV",
+    "BACKBONES",
+    "UntrustedFactoryError",
+    "allowed_factories",
+    "check_trusted",
+    "loading_from",
+    "register_backbone",
+    "registered_backbones",
+    "registered_factory",
+]

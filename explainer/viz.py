@@ -57,8 +57,9 @@ def as_rgb(images: torch.Tensor, datamodule: Any) -> torch.Tensor:
     return denormalize(images, getattr(datamodule, "mean", IMAGENET_MEAN), getattr(datamodule, "std", IMAGENET_STD))
 
 
-def top_patches(images: Tensor, maps: Tensor, num_patches: int = 6, box_fraction: float = 72 / 224
-                ) -> tuple[Tensor, Tensor, Tensor]:
+def top_patches(
+    images: Tensor, maps: Tensor, num_patches: int = 6, box_fraction: float = 72 / 224
+) -> tuple[Tensor, Tensor, Tensor]:
     """The patches of ``images`` where each prototype activates most, one patch per image.
 
     Args:

@@ -21,8 +21,14 @@ def _args(repo: Path, *extra: str) -> list[str]:
 
 def test_fast_dev_run_of_the_classifier_through_train_py(repo, tmp_path, tiny_digits_args):
     env = {**os.environ, "PYTHONPATH": str(repo), "WANDB_MODE": "disabled"}
-    cmd = [sys.executable, str(repo / "train.py"), "fit", *_args(repo, *tiny_digits_args),
-           "--trainer.fast_dev_run", "true"]
+    cmd = [
+        sys.executable,
+        str(repo / "train.py"),
+        "fit",
+        *_args(repo, *tiny_digits_args),
+        "--trainer.fast_dev_run",
+        "true",
+    ]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "`max_steps=1` reached" in proc.stderr + proc.stdout  # one training step, then it stopped
@@ -48,8 +54,15 @@ def test_fit_saves_config_checkpoint_and_links_classes(repo, in_tmp, tiny_digits
 
 def test_wandb_logs_offline_with_images(repo, in_tmp, tiny_digits_args, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
-    cli = make_cli(["fit", *_args(repo, *tiny_digits_args), "--trainer.max_epochs", "1",
-                    "--trainer.callbacks+=explainer.callbacks.PredictionPanel"])
+    cli = make_cli(
+        [
+            "fit",
+            *_args(repo, *tiny_digits_args),
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.callbacks+=explainer.callbacks.PredictionPanel",
+        ]
+    )
     from lightning.pytorch.loggers import WandbLogger
 
     assert isinstance(cli.trainer.logger, WandbLogger)

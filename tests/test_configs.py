@@ -17,10 +17,16 @@ CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
 def test_the_documented_configs_exist():
     """The configs the README and the docs name are all found (and so parsed below)."""
     names = {str(p.relative_to(REPO / "configs")) for p in CONFIGS}
-    presets = {f"experiment/{net}_{data}{stage}.yaml" for net in ("vgg16", "resnet50") for data in ("voc", "coco")
-               for stage in ("", "_classifier")}
-    quickstart = {f"quickstart/{name}.yaml" for name in ("classifier", "classifier_parts", "explainer",
-                                                         "explainer_difull", "finetune", "prototypes")}
+    presets = {
+        f"experiment/{net}_{data}{stage}.yaml"
+        for net in ("vgg16", "resnet50")
+        for data in ("voc", "coco")
+        for stage in ("", "_classifier")
+    }
+    quickstart = {
+        f"quickstart/{name}.yaml"
+        for name in ("classifier", "classifier_parts", "explainer", "explainer_difull", "finetune", "prototypes")
+    }
     data = {f"data/{name}.yaml" for name in ("voc2007", "coco2014", "cub", "folder", "digits", "digits_single")}
     assert presets | quickstart | data <= names
 

@@ -85,11 +85,24 @@ def test_a_diverging_run_stops_and_exports_nothing(repo, in_tmp, tiny_digits_arg
     from explainer.cli import make_cli
 
     _, ckpt = write_classifier_checkpoint(in_tmp)
-    args = ["fit", "--config", str(repo / "configs/quickstart/explainer.yaml"), *tiny_digits_args,
-            "--model.init_args.classifier", str(ckpt), "--model.init_args.mask_net", "unet",
-            "--model.init_args.mask_net_kwargs", '{"width": 4, "depth": 2}',
-            "--model.init_args.encoder_from_classifier", "false", "--model.init_args.lr", "1e10",
-            "--trainer.max_epochs", "2"]
+    args = [
+        "fit",
+        "--config",
+        str(repo / "configs/quickstart/explainer.yaml"),
+        *tiny_digits_args,
+        "--model.init_args.classifier",
+        str(ckpt),
+        "--model.init_args.mask_net",
+        "unet",
+        "--model.init_args.mask_net_kwargs",
+        '{"width": 4, "depth": 2}',
+        "--model.init_args.encoder_from_classifier",
+        "false",
+        "--model.init_args.lr",
+        "1e10",
+        "--trainer.max_epochs",
+        "2",
+    ]
     with pytest.raises(FloatingPointError, match=r"non-finite (mask-network weights or buffers|Explainer loss)"):
         make_cli(args)
     assert not (in_tmp / "checkpoints" / "quickstart" / "explainer").exists()
@@ -137,8 +150,20 @@ def test_evaluate_limit_must_be_positive(limit, tmp_path, repo, capsys):
     from explainer.evaluation.cli import main
 
     with pytest.raises(SystemExit):
-        main(["--data", str(repo / "configs/data/digits.yaml"), "--classifier", "x.ckpt", "--methods", "centre",
-              "--out", str(tmp_path / "out"), "--limit", limit])
+        main(
+            [
+                "--data",
+                str(repo / "configs/data/digits.yaml"),
+                "--classifier",
+                "x.ckpt",
+                "--methods",
+                "centre",
+                "--out",
+                str(tmp_path / "out"),
+                "--limit",
+                limit,
+            ]
+        )
     assert f"--limit must be a positive number of images, got {limit}" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
@@ -182,8 +207,9 @@ def test_a_checkpoint_loads_with_the_normalisation_it_was_trained_with(module, t
 
     module.norm_mean.fill_(0.5)
     module.norm_std.fill_(0.25)
-    trainer = pl.Trainer(max_steps=0, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                         default_root_dir=str(tmp_path))
+    trainer = pl.Trainer(
+        max_steps=0, logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path)
+    )
     trainer.strategy.connect(module)
     trainer.save_checkpoint(tmp_path / "explainer.ckpt", weights_only=False)
     loaded = explainer.load(tmp_path / "explainer.ckpt")
@@ -199,19 +225,34 @@ def test_the_readme_fine_tune_recipe_for_another_architecture(repo, in_tmp, tiny
     from explainer.modules import ClassifierModule
 
     _, quickstart = write_classifier_checkpoint(in_tmp / "qs")
-    source = ExplainerModule(str(quickstart), mask_net="classifier_unet",
-                             mask_net_kwargs={"backbone": "digitnet", "width": 32})
+    source = ExplainerModule(
+        str(quickstart), mask_net="classifier_unet", mask_net_kwargs={"backbone": "digitnet", "width": 32}
+    )
     export = export_explainer(source, in_tmp / "checkpoints" / "quickstart" / "explainer")
     before = {p.name: p.read_bytes() for p in export.iterdir()}
     torch.manual_seed(0)
     other = ClassifierModule(backbone="resnet18", num_classes=10, class_names=[str(i) for i in range(10)])
-    trainer = pl.Trainer(max_steps=0, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                         default_root_dir=str(in_tmp))
+    trainer = pl.Trainer(
+        max_steps=0, logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(in_tmp)
+    )
     trainer.strategy.connect(other)
     trainer.save_checkpoint(in_tmp / "my_classifier.ckpt", weights_only=False)
-    make_cli(["fit", "--config", str(repo / "configs/quickstart/explainer.yaml"), "--config",
-              str(repo / "configs/quickstart/finetune.yaml"), "--model.init_args.classifier", "my_classifier.ckpt",
-              *tiny_digits_args, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2"])
+    make_cli(
+        [
+            "fit",
+            "--config",
+            str(repo / "configs/quickstart/explainer.yaml"),
+            "--config",
+            str(repo / "configs/quickstart/finetune.yaml"),
+            "--model.init_args.classifier",
+            "my_classifier.ckpt",
+            *tiny_digits_args,
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.limit_train_batches",
+            "2",
+        ]
+    )
     tuned = explainer.load(in_tmp / "checkpoints" / "finetuned" / "explainer")
     assert tuned.explain(torch.randn(2, 3, 32, 32)).shape == (2, 10, 32, 32)
     assert tuned.config["classifier"]["reference"] == "my_classifier.ckpt"
@@ -229,8 +270,9 @@ def test_the_fine_tune_recipe_for_another_architecture_and_class_list(repo, in_t
     from explainer.cli import make_cli
     from explainer.data import DigitScenes
 
-    renamed = {str(d): name for d, name in enumerate(["zero", "one", "two", "3", "four", "five", "six", "7", "eight",
-                                                      "nine"])}
+    renamed = {
+        str(d): name for d, name in enumerate(["zero", "one", "two", "3", "four", "five", "six", "7", "eight", "nine"])
+    }
     for split, n in (("train", 16), ("val", 8), ("test", 8)):
         DigitScenes(split, num_scenes=n, image_size=32, seed=3).save(in_tmp / "data" / split)
         path = in_tmp / "data" / split / "annotations.json"
@@ -243,24 +285,44 @@ def test_the_fine_tune_recipe_for_another_architecture_and_class_list(repo, in_t
         path.write_text(json.dumps(ann))
     (in_tmp / "data.yaml").write_text(
         "class_path: explainer.data.FolderDataModule\n"
-        f"init_args: {{root: {in_tmp / 'data'}, image_size: 32, batch_size: 8, num_workers: 0}}\n")
+        f"init_args: {{root: {in_tmp / 'data'}, image_size: 32, batch_size: 8, num_workers: 0}}\n"
+    )
     _, quickstart = write_classifier_checkpoint(in_tmp / "qs")
-    source = ExplainerModule(str(quickstart), mask_net="classifier_unet",
-                             mask_net_kwargs={"backbone": "digitnet", "width": 32})
+    source = ExplainerModule(
+        str(quickstart), mask_net="classifier_unet", mask_net_kwargs={"backbone": "digitnet", "width": 32}
+    )
     export = export_explainer(source, in_tmp / "checkpoints" / "quickstart" / "explainer")
     torch.manual_seed(0)
     torch.save(torchvision.models.resnet18(num_classes=10).eval().state_dict(), in_tmp / "resnet18.pth")
     with caplog.at_level(logging.INFO):
-        cli = make_cli(["fit", "--config", str(repo / "configs/quickstart/explainer.yaml"), "--config",
-                        str(repo / "configs/quickstart/finetune.yaml"), "--data", str(in_tmp / "data.yaml"),
-                        "--model.init_args.classifier", "{source: resnet18, weights: resnet18.pth}",
-                        "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
-                        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"])
+        cli = make_cli(
+            [
+                "fit",
+                "--config",
+                str(repo / "configs/quickstart/explainer.yaml"),
+                "--config",
+                str(repo / "configs/quickstart/finetune.yaml"),
+                "--data",
+                str(in_tmp / "data.yaml"),
+                "--model.init_args.classifier",
+                "{source: resnet18, weights: resnet18.pth}",
+                "--trainer.max_epochs",
+                "1",
+                "--trainer.limit_train_batches",
+                "2",
+                "--trainer.enable_progress_bar",
+                "false",
+                "--trainer.enable_model_summary",
+                "false",
+            ]
+        )
     plan = cli.model.fine_tune_plan
     assert plan["kept"] == {"3": "3", "7": "7"}
     assert plan["initialised"] == [n for n in renamed.values() if n not in ("3", "7")]
-    assert "class-head rows kept for 2 class(es) shared by name [3, 7]; initialised for 8 new class(es) [zero, one" \
+    assert (
+        "class-head rows kept for 2 class(es) shared by name [3, 7]; initialised for 8 new class(es) [zero, one"
         in caplog.text
+    )
     old = explainer.load(export)
     tuned = explainer.load(in_tmp / "checkpoints" / "finetuned" / "explainer")
     assert tuned.class_names == list(renamed.values())

@@ -11,8 +11,15 @@ import pytest
 # the modules whose import order once hid a cycle run by default (each import costs about 15 s here); the rest
 # of the entry points are slow tests
 FIRST = ["explainer.export", "explainer.export_prototypes"]
-MORE = ["explainer.api", "explainer.methods", "explainer.modules", "explainer.evaluation.cli", "explainer.viz", "explainer.callbacks",
-        "explainer.demo"]
+MORE = [
+    "explainer.api",
+    "explainer.methods",
+    "explainer.modules",
+    "explainer.evaluation.cli",
+    "explainer.viz",
+    "explainer.callbacks",
+    "explainer.demo",
+]
 
 
 @pytest.mark.parametrize("module", FIRST + [pytest.param(m, marks=pytest.mark.slow) for m in MORE])

@@ -82,8 +82,10 @@ def test_class_area_matches_naive(data):
                 continue
             s = sorted((1 / (1 + math.exp(-v)) for v in logits[b, c].flatten().tolist()), reverse=True)
             k_min, k_max = int(lo * n), int(hi * n)
-            per = [max(0.0, (1.0 if r < k_min else 0.0) - s[r]) + max(0.0, s[r] - (1.0 if r < k_max else 0.0))
-                   for r in range(n)]
+            per = [
+                max(0.0, (1.0 if r < k_min else 0.0) - s[r]) + max(0.0, s[r] - (1.0 if r < k_max else 0.0))
+                for r in range(n)
+            ]
             total += sum(per) / n
     assert abs(class_area_loss(logits, targets, lo, hi).item() - total / B) < 1e-6
 
@@ -94,8 +96,14 @@ def test_full_loss_is_the_weighted_sum(data):
     masked, inverse = torch.randn(B, C, dtype=torch.float64), torch.randn(B, C, dtype=torch.float64)
     w = LossWeights(entropy=3.0, tv=0.5, class_area=0.8, target_area=0.01, nontarget_area=0.3)
     out = explainer_loss(logits, targets, masked, inverse, m, n, w)
-    expected = (out["classification"] + 3.0 * out["entropy"] + 0.5 * out["tv"] + 0.8 * out["class_area"]
-                + 0.01 * out["target_area"] + 0.3 * out["nontarget_area"])
+    expected = (
+        out["classification"]
+        + 3.0 * out["entropy"]
+        + 0.5 * out["tv"]
+        + 0.8 * out["class_area"]
+        + 0.01 * out["target_area"]
+        + 0.3 * out["nontarget_area"]
+    )
     assert abs(out["loss"].item() - expected.item()) < 1e-12
     bce = torch.nn.functional.binary_cross_entropy_with_logits(masked, targets)
     assert abs(out["classification"].item() - bce.item()) < 1e-12

@@ -21,9 +21,20 @@ import explainer
 from tests.helpers import write_classifier_checkpoint
 
 SECTION = "## Explain your own classifier"
-SHRINK = ["--data.init_args.train_scenes", "32", "--data.init_args.val_scenes", "16", "--data.init_args.test_scenes",
-          "16", "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false",
-          "--model.init_args.mask_net_kwargs", '{"backbone": "digitnet", "width": 8}']
+SHRINK = [
+    "--data.init_args.train_scenes",
+    "32",
+    "--data.init_args.val_scenes",
+    "16",
+    "--data.init_args.test_scenes",
+    "16",
+    "--trainer.max_epochs",
+    "1",
+    "--trainer.enable_progress_bar",
+    "false",
+    "--model.init_args.mask_net_kwargs",
+    '{"backbone": "digitnet", "width": 8}',
+]
 
 
 def _section(repo) -> str:
@@ -56,10 +67,16 @@ def test_the_python_blocks_run(repo, quickstart_classifier):
     exec(compile(convert, "README: convert", "exec"), {})
     for name in ("digitnet.pt", "digitnet.ts", "digitnet.pt2"):
         assert (quickstart_classifier.parent.parent.parent / name).is_file()
-    train = _shrunk(train, "DigitScenesDataModule(image_size=64)",
-                    "DigitScenesDataModule(image_size=64, train_scenes=16, val_scenes=8, test_scenes=8, batch_size=8)")
-    train = _shrunk(train, "max_epochs=5", "max_epochs=1, mask_net_kwargs={'width': 4}, "
-                    "trainer={'enable_progress_bar': False, 'limit_train_batches': 1}")
+    train = _shrunk(
+        train,
+        "DigitScenesDataModule(image_size=64)",
+        "DigitScenesDataModule(image_size=64, train_scenes=16, val_scenes=8, test_scenes=8, batch_size=8)",
+    )
+    train = _shrunk(
+        train,
+        "max_epochs=5",
+        "max_epochs=1, mask_net_kwargs={'width': 4}, trainer={'enable_progress_bar': False, 'limit_train_batches': 1}",
+    )
     scope: dict = {}
     exec(compile(train, "README: explainer.fit", "exec"), scope)
     assert tuple(scope["masks"].shape) == (8, 10, 64, 64)
@@ -78,7 +95,7 @@ def test_the_train_commands_run(repo, quickstart_classifier):
         argv = [sys.executable, str(repo / "train.py"), *argv[2:]]
         argv = [str(repo / a) if a.startswith("configs/") else a for a in argv]
         done = subprocess.run([*argv, *SHRINK], capture_output=True, text=True, timeout=600)
-        errors = done.stderr[done.stderr.find("Errors:"):] if "Errors:" in done.stderr else done.stderr
+        errors = done.stderr[done.stderr.find("Errors:") :] if "Errors:" in done.stderr else done.stderr
         assert done.returncode == 0, errors[-3000:]
         folder = argv[argv.index("--trainer.callbacks.init_args.folder") + 1]
         model = explainer.load(folder)
@@ -168,16 +185,19 @@ def test_links_in_the_readme_and_docs_point_at_files_and_headings(repo):
 # -- running them (slow) ------------------------------------------------------------------------------------
 def _block_after(repo: Path, marker: str, language: str = "bash") -> str:
     text = (repo / "README.md").read_text()
-    return _blocks(text[text.index(marker):], language)[0]
+    return _blocks(text[text.index(marker) :], language)[0]
 
 
 def _run_train(repo: Path, command: str, shrink: list[str]) -> None:
     argv = shlex.split(command.replace("\\\n", " "))
     assert argv[:3] == [".venv/bin/python", "train.py", "fit"], command
-    argv = [sys.executable, str(repo / "train.py"), *[str(repo / a) if a.startswith("configs/") else a
-                                                     for a in argv[2:]]]
+    argv = [
+        sys.executable,
+        str(repo / "train.py"),
+        *[str(repo / a) if a.startswith("configs/") else a for a in argv[2:]],
+    ]
     done = subprocess.run([*argv, *shrink], capture_output=True, text=True, timeout=900)
-    errors = done.stderr[done.stderr.find("Errors:"):] if "Errors:" in done.stderr else done.stderr
+    errors = done.stderr[done.stderr.find("Errors:") :] if "Errors:" in done.stderr else done.stderr
     assert done.returncode == 0, errors[-3000:]
 
 
@@ -189,13 +209,24 @@ def test_the_folder_recipe_runs(repo, in_tmp):
         DigitScenes(split=split, num_scenes=count, image_size=32).save(in_tmp / "data" / "mine" / split)
     block = _block_after(repo, "The same\ntwo stages on a folder of images")
     classifier_cmd, explainer_cmd = [c for c in block.replace("\\\n", " ").splitlines() if c.strip()]
-    shrink = ["--data.init_args.image_size", "32", "--data.init_args.num_workers", "0", "--trainer.max_epochs", "1",
-              "--trainer.enable_progress_bar", "false"]
+    shrink = [
+        "--data.init_args.image_size",
+        "32",
+        "--data.init_args.num_workers",
+        "0",
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
     _run_train(repo, classifier_cmd, shrink)
     best = sorted((in_tmp / "runs" / "classifier").glob("*/checkpoints/best-*.ckpt"))
     assert len(best) == 1
-    _run_train(repo, explainer_cmd.replace("<its best checkpoint>", str(best[0])),
-               [*shrink, "--model.init_args.mask_net_kwargs", '{"backbone": "digitnet", "width": 8}'])
+    _run_train(
+        repo,
+        explainer_cmd.replace("<its best checkpoint>", str(best[0])),
+        [*shrink, "--model.init_args.mask_net_kwargs", '{"backbone": "digitnet", "width": 8}'],
+    )
     model = explainer.load("checkpoints/mine")
     assert model.class_names == [str(i) for i in range(10)]
 
@@ -222,8 +253,12 @@ def test_the_evaluate_commands_run(repo, quickstart_classifier, monkeypatch):
     natural = [c for c in readme_commands(repo) if "evaluate.py" in c and "--protocol" not in c]
     grids = [c for c in readme_commands(repo) if "evaluate.py" in c and "--protocol" in c]
     assert len(natural) == 1 and len(grids) == 1
-    shrink = {"--limit 200": "--limit 8", "--limit 64": "--limit 4", "rise.num_masks=4000": "rise.num_masks=20",
-              "rise.num_masks=1000": "rise.num_masks=20"}
+    shrink = {
+        "--limit 200": "--limit 8",
+        "--limit 64": "--limit 4",
+        "rise.num_masks=4000": "rise.num_masks=20",
+        "rise.num_masks=1000": "rise.num_masks=20",
+    }
     for command in (*natural, *grids):
         for old, new in shrink.items():
             command = command.replace(old, new)

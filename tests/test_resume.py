@@ -1,4 +1,5 @@
-"""A deterministic run killed with SIGKILL at any step and resumed from last.ckpt ends where the uninterrupted one does."""
+"""A deterministic run killed with SIGKILL at any step and resumed from last.ckpt ends where the uninterrupted one
+does."""
 
 from __future__ import annotations
 
@@ -15,22 +16,58 @@ from explainer.resume import rng_states, set_rng_states
 from tests.helpers import write_classifier_checkpoint
 
 # 48 training scenes in batches of 8: 6 steps per epoch, 2 epochs
-TINY = ["--seed_everything", "0", "--trainer.deterministic", "true", "--model.init_args.mask_net", "unet",
-        "--model.init_args.mask_net_kwargs", '{"width": 4, "depth": 2}',
-        "--model.init_args.encoder_from_classifier", "false", "--data.init_args.image_size", "32",
-        "--data.init_args.train_scenes", "48", "--data.init_args.val_scenes", "16", "--data.init_args.test_scenes", "8",
-        "--data.init_args.batch_size", "8", "--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false",
-        "--trainer.enable_model_summary", "false", "--checkpoint.save_last", "true",
-        "--checkpoint.every_n_train_steps", "1"]
+TINY = [
+    "--seed_everything",
+    "0",
+    "--trainer.deterministic",
+    "true",
+    "--model.init_args.mask_net",
+    "unet",
+    "--model.init_args.mask_net_kwargs",
+    '{"width": 4, "depth": 2}',
+    "--model.init_args.encoder_from_classifier",
+    "false",
+    "--data.init_args.image_size",
+    "32",
+    "--data.init_args.train_scenes",
+    "48",
+    "--data.init_args.val_scenes",
+    "16",
+    "--data.init_args.test_scenes",
+    "8",
+    "--data.init_args.batch_size",
+    "8",
+    "--trainer.max_epochs",
+    "2",
+    "--trainer.enable_progress_bar",
+    "false",
+    "--trainer.enable_model_summary",
+    "false",
+    "--checkpoint.save_last",
+    "true",
+    "--checkpoint.every_n_train_steps",
+    "1",
+]
 STEPS = 12
 
 
 def _train(repo, cwd, out, *extra: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(repo), "WANDB_MODE": "disabled"}
-    command = [sys.executable, str(repo / "train.py"), "fit", "--config",
-               str(repo / "configs/quickstart/explainer.yaml"), *TINY, "--model.init_args.classifier",
-               str(cwd / "classifier-10.ckpt"), "--trainer.default_root_dir", str(out),
-               "--trainer.logger.init_args.save_dir", str(out), *extra]
+    command = [
+        sys.executable,
+        str(repo / "train.py"),
+        "fit",
+        "--config",
+        str(repo / "configs/quickstart/explainer.yaml"),
+        *TINY,
+        "--model.init_args.classifier",
+        str(cwd / "classifier-10.ckpt"),
+        "--trainer.default_root_dir",
+        str(out),
+        "--trainer.logger.init_args.save_dir",
+        str(out),
+        *extra,
+    ]
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -54,8 +91,9 @@ def test_kill_and_resume_is_bit_identical(repo, tmp_path):
     report = []
     for kill in steps:
         out = tmp_path / f"killed_at_{kill}"
-        killed = _train(repo, tmp_path, out, "--trainer.callbacks+=tests.helpers.KillAtStep",
-                        "--trainer.callbacks.step", str(kill))
+        killed = _train(
+            repo, tmp_path, out, "--trainer.callbacks+=tests.helpers.KillAtStep", "--trainer.callbacks.step", str(kill)
+        )
         assert killed.returncode == -9, killed.stderr[-3000:]  # SIGKILL
         assert _last(out, 0)["global_step"] == kill
         resumed = _train(repo, tmp_path, out, "--ckpt_path", str(out / "explainer/version_0/checkpoints/last.ckpt"))
@@ -126,8 +164,15 @@ def test_the_train_loader_outside_a_fit_yields_the_whole_epoch(tmp_path):
             return torch.optim.SGD(self.parameters(), lr=0.0)
 
     dm = DigitScenesDataModule(image_size=32, train_scenes=24, val_scenes=8, batch_size=8)
-    trainer = pl.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_checkpointing=False,
-                         enable_model_summary=False, limit_val_batches=0, default_root_dir=str(tmp_path))
+    trainer = pl.Trainer(
+        max_epochs=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        default_root_dir=str(tmp_path),
+    )
     trainer.fit(Tiny(), datamodule=dm)
     assert trainer.fit_loop.epoch_loop.batch_progress.current.completed == 3
     assert sum(len(b) for b in dm.train_dataloader()) == 24  # after the fit: no batch skipped
@@ -139,9 +184,22 @@ def test_step_checkpoints_with_a_validation_monitor(repo, in_tmp, tiny_digits_ar
     from explainer.cli import make_cli
 
     # 32 training scenes in batches of 8: 4 steps, then one validation
-    cli = make_cli(["fit", "--config", str(repo / "configs/quickstart/classifier.yaml"), "--model.init_args.backbone",
-                    "tests.helpers:tiny_net", *tiny_digits_args, "--trainer.max_epochs", "1",
-                    "--checkpoint.every_n_train_steps", "1", "--checkpoint.save_last", "true"])
+    cli = make_cli(
+        [
+            "fit",
+            "--config",
+            str(repo / "configs/quickstart/classifier.yaml"),
+            "--model.init_args.backbone",
+            "tests.helpers:tiny_net",
+            *tiny_digits_args,
+            "--trainer.max_epochs",
+            "1",
+            "--checkpoint.every_n_train_steps",
+            "1",
+            "--checkpoint.save_last",
+            "true",
+        ]
+    )
     checkpoint = cli.trainer.checkpoint_callback
     best = Path(checkpoint.best_model_path)
     assert best.name == "best-epoch=00-step=4.ckpt"  # written after the validation, not at a training step
@@ -158,9 +216,22 @@ def test_last_checkpoint_is_written_before_any_validation(repo, in_tmp, tiny_dig
 
     from explainer.cli import make_cli
 
-    cli = make_cli(["fit", "--config", str(repo / "configs/quickstart/classifier.yaml"), "--model.init_args.backbone",
-                    "tests.helpers:tiny_net", *tiny_digits_args, "--trainer.max_steps", "2",
-                    "--checkpoint.every_n_train_steps", "1", "--checkpoint.save_last", save_last])
+    cli = make_cli(
+        [
+            "fit",
+            "--config",
+            str(repo / "configs/quickstart/classifier.yaml"),
+            "--model.init_args.backbone",
+            "tests.helpers:tiny_net",
+            *tiny_digits_args,
+            "--trainer.max_steps",
+            "2",
+            "--checkpoint.every_n_train_steps",
+            "1",
+            "--checkpoint.save_last",
+            save_last,
+        ]
+    )
     checkpoint = cli.trainer.checkpoint_callback
     assert checkpoint.best_model_path == ""  # no validation ran: no best checkpoint, no stale score
     assert not Path(checkpoint.last_model_path).is_symlink()

@@ -55,16 +55,20 @@ def _classifier_with_backbone(folder, backbone: str):
 
 def _honest_export(tmp_path):
     _, ckpt = write_classifier_checkpoint(tmp_path / "honest")
-    module = ExplainerModule(str(ckpt), mask_net="classifier_unet",
-                             mask_net_kwargs={"backbone": "tests.helpers:tiny_net", "width": 4})
+    module = ExplainerModule(
+        str(ckpt), mask_net="classifier_unet", mask_net_kwargs={"backbone": "tests.helpers:tiny_net", "width": 4}
+    )
     return module, export_explainer(module, tmp_path / "export")
 
 
 def test_classifier_checkpoint_backbone(evil, tmp_path):
     name, _ = evil
     path = _classifier_with_backbone(tmp_path / "c", f"{name}:factory")
-    with pytest.raises(UntrustedFactoryError, match=rf"the checkpoint .*c/classifier-10.ckpt \(hyper_parameters"
-                                                    rf"\.backbone\) names the classifier factory '{name}:factory'"):
+    with pytest.raises(
+        UntrustedFactoryError,
+        match=rf"the checkpoint .*c/classifier-10.ckpt \(hyper_parameters"
+        rf"\.backbone\) names the classifier factory '{name}:factory'",
+    ):
         FrozenClassifier.from_checkpoint(path)
     with pytest.raises(UntrustedFactoryError, match="register_backbone"):
         ExplainerModule(str(path))
@@ -84,9 +88,24 @@ def test_evaluate_classifier_option(evil, tmp_path, repo):
     name, _ = evil
     path = _classifier_with_backbone(tmp_path / "c", f"{name}:factory")
     with pytest.raises(UntrustedFactoryError, match="EXPLAINER_ALLOW_FACTORIES"):
-        main(["--data", str(repo / "configs/data/digits.yaml"), "--data-arg", "image_size=32", "--data-arg",
-              "test_scenes=4", "--classifier", str(path), "--methods", "centre", "--out", str(tmp_path / "out"),
-              "--trainer.enable_progress_bar", "false"])
+        main(
+            [
+                "--data",
+                str(repo / "configs/data/digits.yaml"),
+                "--data-arg",
+                "image_size=32",
+                "--data-arg",
+                "test_scenes=4",
+                "--classifier",
+                str(path),
+                "--methods",
+                "centre",
+                "--out",
+                str(tmp_path / "out"),
+                "--trainer.enable_progress_bar",
+                "false",
+            ]
+        )
     assert not (tmp_path / "out" / "results.json").exists()
 
 
@@ -99,8 +118,11 @@ def test_export_config_names_a_factory(evil, tmp_path, monkeypatch):
     config["mask_net"]["kwargs"]["backbone"] = f"{name}:factory"
     (folder / "config.json").write_text(json.dumps(config))
     (folder / f"{name}.py").write_text("raise SystemExit('a module beside the export')\n")
-    with pytest.raises(UntrustedFactoryError, match=rf"the export .*config.json names the classifier factory "
-                                                    rf"'{name}:factory'"):
+    with pytest.raises(
+        UntrustedFactoryError,
+        match=rf"the export .*config.json names the classifier factory "
+        rf"'{name}:factory'",
+    ):
         explainer.load(folder)
 
 
@@ -123,11 +145,21 @@ def test_prototype_export_refers_to_a_hostile_classifier(evil, tmp_path):
     path = _classifier_with_backbone(tmp_path / "c", f"{name}:factory")
     folder = tmp_path / "prototypes"
     folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({
-        "format": "explainer-prototypes", "num_classes": 10, "prototypes_per_class": 1, "feature_dim": 4,
-        "classifier": {"reference": str(path), "content_hash": "0" * 64}}))
-    save_file({"prototypes": torch.zeros(10, 1, 4), "bias": torch.zeros(10), "num_prototypes": torch.ones(10)},
-              str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(
+        json.dumps(
+            {
+                "format": "explainer-prototypes",
+                "num_classes": 10,
+                "prototypes_per_class": 1,
+                "feature_dim": 4,
+                "classifier": {"reference": str(path), "content_hash": "0" * 64},
+            }
+        )
+    )
+    save_file(
+        {"prototypes": torch.zeros(10, 1, 4), "bias": torch.zeros(10), "num_prototypes": torch.ones(10)},
+        str(folder / "model.safetensors"),
+    )
     with pytest.raises(UntrustedFactoryError, match="hyper_parameters.backbone"):
         load_prototype_classifier(folder)
 
@@ -161,8 +193,18 @@ def test_train_ckpt_path_of_another_module_is_refused(tmp_path, repo, tiny_digit
     _, path = write_classifier_checkpoint(tmp_path / "c")
     config = str(repo / "configs/quickstart/explainer.yaml")
     with pytest.raises(ValueError, match="is a checkpoint of ClassifierModule, but the config trains ExplainerModule"):
-        make_cli(["fit", "--config", config, *tiny_digits_args, "--model.init_args.classifier", str(path),
-                  "--ckpt_path", str(path)])
+        make_cli(
+            [
+                "fit",
+                "--config",
+                config,
+                *tiny_digits_args,
+                "--model.init_args.classifier",
+                str(path),
+                "--ckpt_path",
+                str(path),
+            ]
+        )
 
 
 def test_allowed_and_registered_factories_load(tmp_path, monkeypatch):
@@ -205,7 +247,8 @@ def test_the_marker_detects_an_import(tmp_path, monkeypatch):
     marker = tmp_path / "MARKER"
     (tmp_path / f"{name}.py").write_text(
         f"from pathlib import Path\nPath({str(marker)!r}).write_text('imported')\n"
-        "def factory(num_classes):\n    raise RuntimeError('factory called')\n")
+        "def factory(num_classes):\n    raise RuntimeError('factory called')\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     path = _classifier_with_backbone(tmp_path / "c", f"{name}:factory")
     with pytest.raises(RuntimeError, match="factory called"):
@@ -224,8 +267,16 @@ def test_train_ckpt_path_with_a_nested_class_spec(evil, tmp_path, repo, tiny_dig
     ckpt["hyper_parameters"]["class_names"] = [{"class_path": f"{name}.Thing", "init_args": {}}]
     torch.save(ckpt, path)
     with pytest.raises(ValueError, match=r"hyper_parameters\.class_names\[0\] holds a 'class_path' entry"):
-        make_cli(["fit", "--config", str(repo / "configs/quickstart/classifier.yaml"), *tiny_digits_args,
-                  "--ckpt_path", str(path)])
+        make_cli(
+            [
+                "fit",
+                "--config",
+                str(repo / "configs/quickstart/classifier.yaml"),
+                *tiny_digits_args,
+                "--ckpt_path",
+                str(path),
+            ]
+        )
 
 
 def test_load_from_checkpoint_treats_the_checkpoint_as_data(evil, tmp_path):
@@ -236,7 +287,9 @@ def test_load_from_checkpoint_treats_the_checkpoint_as_data(evil, tmp_path):
     with pytest.raises(UntrustedFactoryError, match=f"'{name}:factory'"):
         ClassifierModule.load_from_checkpoint(path, weights_only=True)
     _, honest = write_classifier_checkpoint(tmp_path / "h")
-    loaded = ClassifierModule.load_from_checkpoint(honest, weights_only=True, allow_factories=["tests.helpers:tiny_net"])
+    loaded = ClassifierModule.load_from_checkpoint(
+        honest, weights_only=True, allow_factories=["tests.helpers:tiny_net"]
+    )
     assert loaded.hparams.num_classes == 10
 
 
@@ -254,7 +307,6 @@ def test_explainer_checkpoint_whose_classifier_spec_names_a_factory(evil, tmp_pa
     hp = dict(module.hparams)
     hp["classifier"] = {"source": f"{name}:factory", "weights": str(tmp_path / "w.pt")}
     hp["_class_path"] = "explainer.modules.ExplainerModule"
-    torch.save({"state_dict": module.state_dict(), "hyper_parameters": hp, "pytorch-lightning_version": "2.6.6"},
-               path)
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": hp, "pytorch-lightning_version": "2.6.6"}, path)
     with pytest.raises(UntrustedFactoryError, match=rf"'{name}:factory'"):
         ExplainerModule.load_from_checkpoint(path)

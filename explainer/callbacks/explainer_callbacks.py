@@ -63,25 +63,31 @@ class ExplainerMetrics(pl.Callback):
         source = ground_truth_source(batch) if self.ground_truth == "auto" else self.ground_truth
         ground_truth: dict[str, nn.Module] = {}
         if source != "none" and source is not None:
-            settings = EvaluationSettings(metrics=list(self.VALIDATION_METRICS),
-                                          pointing_tolerance=self.pointing_tolerance)
+            settings = EvaluationSettings(
+                metrics=list(self.VALIDATION_METRICS), pointing_tolerance=self.pointing_tolerance
+            )
             context = SuiteContext(classifier, num_classes, source, settings)
             ground_truth = build_suite(settings.metrics, context, has_boxes=batch.boxes is not None)
-        return nn.ModuleDict({
-            **ground_truth,
-            "classification": MetricCollection({
-                "masked_accuracy": MultilabelAccuracy(num_labels=num_classes, average="micro"),
-                "masked_f1": MultilabelF1Score(num_labels=num_classes, average="macro"),
-            }),
-            "target_area": MeanMetric(),
-            "nontarget_area": MeanMetric(),
-            "inverse_entropy": MeanMetric(),
-        }).to(device)
+        return nn.ModuleDict(
+            {
+                **ground_truth,
+                "classification": MetricCollection(
+                    {
+                        "masked_accuracy": MultilabelAccuracy(num_labels=num_classes, average="micro"),
+                        "masked_f1": MultilabelF1Score(num_labels=num_classes, average="macro"),
+                    }
+                ),
+                "target_area": MeanMetric(),
+                "nontarget_area": MeanMetric(),
+                "inverse_entropy": MeanMetric(),
+            }
+        ).to(device)
 
     def _stage_metrics(self, stage: str, pl_module: pl.LightningModule, batch: Any) -> nn.ModuleDict:
         if stage not in self.metrics:
-            self.metrics[stage] = self._make(int(pl_module.hparams.num_classes), pl_module.device, batch,
-                                             pl_module.classifier)
+            self.metrics[stage] = self._make(
+                int(pl_module.hparams.num_classes), pl_module.device, batch, pl_module.classifier
+            )
         return self.metrics[stage]
 
     def _update(self, stage: str, pl_module: pl.LightningModule, outputs: Any, batch: Any) -> None:
@@ -112,14 +118,26 @@ class ExplainerMetrics(pl.Callback):
         for name in SPECS:
             if name in m:
                 computed = m[name].compute()
-                values.update({f"{prefix}{name}.{key}": computed[key].float() for key in SPECS[name].keys
-                               if key in computed and key != "invalid"})
+                values.update(
+                    {
+                        f"{prefix}{name}.{key}": computed[key].float()
+                        for key in SPECS[name].keys
+                        if key in computed and key != "invalid"
+                    }
+                )
         pl_module.log_dict(values, sync_dist=False)
         for metric in m.values():
             metric.reset()
 
-    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
-                                batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_validation_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         if not trainer.sanity_checking:
             self._update("val", pl_module, outputs, batch)
 
@@ -127,8 +145,15 @@ class ExplainerMetrics(pl.Callback):
         if not trainer.sanity_checking:
             self._log("val", pl_module)
 
-    def on_test_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                          batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_test_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         self._update("test", pl_module, outputs, batch)
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -152,8 +177,15 @@ class MaskPanel(pl.Callback):
         self.classes_shown = classes_shown
         self._data: dict[str, torch.Tensor] | None = None
 
-    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
-                                batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_validation_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         if batch_idx != 0 or trainer.sanity_checking or not trainer.is_global_zero:
             return
         if not isinstance(outputs, dict) or "mask_logits" not in outputs:
@@ -173,16 +205,19 @@ class MaskPanel(pl.Callback):
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._data is None:
             return
-        fig = mask_panel_figure(self._data, getattr(pl_module, "class_names", None), trainer.datamodule,
-                                self.classes_shown)
-        fig.suptitle(f"Explainer masks, epoch {trainer.current_epoch} (targets: {pl_module.hparams.targets})",
-                     fontsize=9)
+        fig = mask_panel_figure(
+            self._data, getattr(pl_module, "class_names", None), trainer.datamodule, self.classes_shown
+        )
+        fig.suptitle(
+            f"Explainer masks, epoch {trainer.current_epoch} (targets: {pl_module.hparams.targets})", fontsize=9
+        )
         log_figure(trainer, "val/masks", fig)
         self._data = None
 
 
-def mask_panel_figure(data: dict[str, torch.Tensor], class_names: list[str] | None, datamodule: Any,
-                      classes_shown: int = 3) -> Any:
+def mask_panel_figure(
+    data: dict[str, torch.Tensor], class_names: list[str] | None, datamodule: Any, classes_shown: int = 3
+) -> Any:
     """The figure of :class:`MaskPanel` from its collected tensors."""
     import matplotlib
 
@@ -219,8 +254,13 @@ class ExportExplainer(pl.Callback):
         num_examples: validation images shown in ``examples.png``.
     """
 
-    def __init__(self, folder: str = "checkpoints/explainer", overwrite: bool = False, torchscript: bool = False,
-                 num_examples: int = 6) -> None:
+    def __init__(
+        self,
+        folder: str = "checkpoints/explainer",
+        overwrite: bool = False,
+        torchscript: bool = False,
+        num_examples: int = 6,
+    ) -> None:
         super().__init__()
         self.folder = folder
         self.overwrite = overwrite
@@ -248,7 +288,7 @@ class ExportExplainer(pl.Callback):
         state = None
         if best:
             ckpt = read_checkpoint(best)
-            state = {k[len("mask_net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("mask_net.")}
+            state = {k[len("mask_net.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("mask_net.")}
         current = {k: v.detach().clone() for k, v in pl_module.mask_net.state_dict().items()}
         if state is not None:
             pl_module.mask_net.load_state_dict(state)
@@ -259,9 +299,14 @@ class ExportExplainer(pl.Callback):
             examples = batch.image[: self.num_examples]
         try:
             self.exported = export_explainer(
-                pl_module, self.folder, mean=getattr(dm, "mean", None), std=getattr(dm, "std", None),
+                pl_module,
+                self.folder,
+                mean=getattr(dm, "mean", None),
+                std=getattr(dm, "std", None),
                 input_size=tuple(examples.shape[-2:]) if examples is not None else None,
-                example_images=examples, torchscript=self.torchscript, overwrite=self.overwrite,
+                example_images=examples,
+                torchscript=self.torchscript,
+                overwrite=self.overwrite,
             )
         finally:
             pl_module.mask_net.load_state_dict(current)

@@ -25,8 +25,15 @@ class PredictionPanel(pl.Callback):
         self.threshold = threshold
         self._batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
-    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
-                                batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_validation_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         if batch_idx == 0 and trainer.is_global_zero and not trainer.sanity_checking:
             n = self.num_images
             with torch.no_grad():
@@ -53,8 +60,11 @@ class PredictionPanel(pl.Callback):
             true = {names[c] for c in labels[i].nonzero().flatten().tolist()}
             pred = {names[c] for c in (probs[i] > self.threshold).nonzero().flatten().tolist()}
             ax.imshow(rgb[i])
-            ax.set_title(f"true {','.join(sorted(true))}\npred {','.join(sorted(pred))}", fontsize=7,
-                         color="green" if true == pred else "red")
+            ax.set_title(
+                f"true {','.join(sorted(true))}\npred {','.join(sorted(pred))}",
+                fontsize=7,
+                color="green" if true == pred else "red",
+            )
         fig.suptitle(f"validation predictions, epoch {trainer.current_epoch}", fontsize=9)
         log_figure(trainer, "val/predictions", fig)
         self._batch = None

@@ -6,6 +6,13 @@ from explainer.classifiers.frozen import FrozenClassifier, state_hash
 from explainer.trust import UntrustedFactoryError, loading_from, register_backbone
 
 __all__ = [
-    "ClassifierNet", "FrozenClassifier", "UntrustedFactoryError", "build_classifier", "digitnet", "digitnet_local",
-    "loading_from", "register_backbone", "state_hash",
+    "ClassifierNet",
+    "FrozenClassifier",
+    "UntrustedFactoryError",
+    "build_classifier",
+    "digitnet",
+    "digitnet_local",
+    "loading_from",
+    "register_backbone",
+    "state_hash",
 ]

@@ -48,8 +48,9 @@ class OutputAdapter:
         if self.returns not in RETURNS:
             raise ValueError(f"classifier option returns={self.returns!r}: expected one of {', '.join(RETURNS)}")
         if self.activation not in ACTIVATIONS:
-            raise ValueError(f"classifier option activation={self.activation!r}: expected one of "
-                             f"{', '.join(ACTIVATIONS)}")
+            raise ValueError(
+                f"classifier option activation={self.activation!r}: expected one of {', '.join(ACTIVATIONS)}"
+            )
         if (self.mean is None) != (self.std is None):
             raise ValueError("classifier options mean and std go together: give both or neither")
         for name in ("mean", "std"):
@@ -74,18 +75,23 @@ class OutputAdapter:
             if self.output is None or self.output not in out:
                 keys = ", ".join(f"{k!r} {_shape(v)}" for k, v in out.items())
                 what = "set" if self.output is None else f"{self.output!r} is not one of them; set"
-                raise ValueError(f"the classifier returns a dict with keys {keys}; {what} the classifier option "
-                                 "output: <key> to the one holding the class scores")
+                raise ValueError(
+                    f"the classifier returns a dict with keys {keys}; {what} the classifier option "
+                    "output: <key> to the one holding the class scores"
+                )
             return out[self.output]
         if isinstance(out, (tuple, list)):
             if not isinstance(self.output, int) or not -len(out) <= self.output < len(out):
                 shapes = ", ".join(f"[{i}] {_shape(v)}" for i, v in enumerate(out))
-                raise ValueError(f"the classifier returns a {type(out).__name__} of {len(out)} outputs ({shapes}); "
-                                 "set the classifier option output: <index> to the one holding the class scores")
+                raise ValueError(
+                    f"the classifier returns a {type(out).__name__} of {len(out)} outputs ({shapes}); "
+                    "set the classifier option output: <index> to the one holding the class scores"
+                )
             return out[self.output]
         if self.output is not None and not isinstance(out, Tensor):
-            raise ValueError(f"classifier option output={self.output!r} but the classifier returns "
-                             f"{type(out).__name__}")
+            raise ValueError(
+                f"classifier option output={self.output!r} but the classifier returns {type(out).__name__}"
+            )
         return out
 
     def to_logits(self, scores: Tensor) -> Tensor:
@@ -102,9 +108,14 @@ class OutputAdapter:
 
     def to_config(self) -> dict[str, Any]:
         """Plain data (for hyper-parameters and exports)."""
-        return {"output": self.output, "returns": self.returns, "activation": self.activation,
-                "mean": list(self.mean) if self.mean else None, "std": list(self.std) if self.std else None,
-                "input_size": list(self.input_size) if self.input_size else None}
+        return {
+            "output": self.output,
+            "returns": self.returns,
+            "activation": self.activation,
+            "mean": list(self.mean) if self.mean else None,
+            "std": list(self.std) if self.std else None,
+            "input_size": list(self.input_size) if self.input_size else None,
+        }
 
 
 def _shape(value: Any) -> str:

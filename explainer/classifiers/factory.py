@@ -35,8 +35,14 @@ class ClassifierNet(nn.Module):
         flatten: flatten the pooled features before the head (False for heads that pool themselves).
     """
 
-    def __init__(self, features: nn.Module | None, head: nn.Module, pool: nn.Module | None = None,
-                 name: str = "", flatten: bool = True) -> None:
+    def __init__(
+        self,
+        features: nn.Module | None,
+        head: nn.Module,
+        pool: nn.Module | None = None,
+        name: str = "",
+        flatten: bool = True,
+    ) -> None:
         super().__init__()
         self.features = features
         self.pool = pool if pool is not None else nn.AdaptiveAvgPool2d(1)
@@ -71,7 +77,8 @@ class ClassifierNet(nn.Module):
 
 def _conv_bn_relu(cin: int, cout: int, stride: int = 1, kernel: int = 3) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, bias=False), nn.BatchNorm2d(cout),
+        nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, bias=False),
+        nn.BatchNorm2d(cout),
         nn.ReLU(inplace=True),
     )
 
@@ -88,9 +95,12 @@ def digitnet(num_classes: int, width: int = 32) -> ClassifierNet:
     """
     w = width
     features = nn.Sequential(
-        _conv_bn_relu(3, w, stride=2), _conv_bn_relu(w, w),
-        _conv_bn_relu(w, 2 * w, stride=2), _conv_bn_relu(2 * w, 2 * w),
-        _conv_bn_relu(2 * w, 4 * w, stride=2), _conv_bn_relu(4 * w, 4 * w),
+        _conv_bn_relu(3, w, stride=2),
+        _conv_bn_relu(w, w),
+        _conv_bn_relu(w, 2 * w, stride=2),
+        _conv_bn_relu(2 * w, 2 * w),
+        _conv_bn_relu(2 * w, 4 * w, stride=2),
+        _conv_bn_relu(4 * w, 4 * w),
     )
     return ClassifierNet(features, nn.Linear(4 * w, num_classes), name="digitnet")
 
@@ -100,9 +110,9 @@ def digitnet_local(num_classes: int, width: int = 32) -> ClassifierNet:
 
     Four 3x3 conv-BN-ReLU layers (two with stride 2) and two 1x1 layers, so each location of the 16x16 map
     (at 64 px) sees a 19 px patch: a part of a digit (digit strokes are 18-30 px tall on the quickstart
-    scenes, 36-46 px on one-digit part scenes), not the whole digit as in :func:`digitnet` (43 px). Its part-level explanations (part-prototypes,
-    ``benchmarks/prototypes.py``) can therefore be told apart by where they fire. Same head form: ReLU
-    features, global average pooling, one linear layer.
+    scenes, 36-46 px on one-digit part scenes), not the whole digit as in :func:`digitnet` (43 px). Its
+    part-level explanations (part-prototypes, ``benchmarks/prototypes.py``) can therefore be told apart by
+    where they fire. Same head form: ReLU features, global average pooling, one linear layer.
 
     Args:
         num_classes: outputs of the linear head.
@@ -110,9 +120,12 @@ def digitnet_local(num_classes: int, width: int = 32) -> ClassifierNet:
     """
     w = width
     features = nn.Sequential(
-        _conv_bn_relu(3, w, stride=2), _conv_bn_relu(w, w),
-        _conv_bn_relu(w, 2 * w, stride=2), _conv_bn_relu(2 * w, 2 * w),
-        _conv_bn_relu(2 * w, 4 * w, kernel=1), _conv_bn_relu(4 * w, 4 * w, kernel=1),
+        _conv_bn_relu(3, w, stride=2),
+        _conv_bn_relu(w, w),
+        _conv_bn_relu(w, 2 * w, stride=2),
+        _conv_bn_relu(2 * w, 2 * w),
+        _conv_bn_relu(2 * w, 4 * w, kernel=1),
+        _conv_bn_relu(4 * w, 4 * w, kernel=1),
     )
     return ClassifierNet(features, nn.Linear(4 * w, num_classes), name="digitnet_local")
 
@@ -148,15 +161,17 @@ def _torchvision_model(name: str, **kwargs: Any) -> nn.Module:
         ) from err
 
 
-def _from_torchvision(name: str, num_classes: int | None, weights: str | None, model: nn.Module | None = None
-                      ) -> ClassifierNet:
+def _from_torchvision(
+    name: str, num_classes: int | None, weights: str | None, model: nn.Module | None = None
+) -> ClassifierNet:
     """Splits a torchvision model into features / pool / head: a fresh ``num_classes`` head, or (with
     ``num_classes=None``) the model's own head. ``model`` is the model to split (built here when None)."""
     if model is None:
         model = _torchvision_model(name, weights=weights)
     if hasattr(model, "fc") and hasattr(model, "layer4"):  # resnet, resnext, wide_resnet
-        features = nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool,
-                                 model.layer1, model.layer2, model.layer3, model.layer4)
+        features = nn.Sequential(
+            model.conv1, model.bn1, model.relu, model.maxpool, model.layer1, model.layer2, model.layer3, model.layer4
+        )
         return ClassifierNet(features, _linear(model.fc, num_classes), model.avgpool, name)
     if name.startswith(("vgg", "alexnet")):  # the paper's head: 7x7 pooled features, 25088-4096-4096-C
         return ClassifierNet(model.features, _replace_last_linear(model.classifier, num_classes), model.avgpool, name)
@@ -254,8 +269,10 @@ class ArchitectureSource:
     def classifier(self, name: str, num_classes: int, weights: str | None) -> ClassifierNet:
         """The split network with a fresh ``num_classes`` head; ``weights`` is a torchvision weights name."""
         if weights is not None:
-            raise ValueError(f"a weights name ({weights!r}) is a torchvision name and '{name}' is not a torchvision "
-                             "model; give a .pt / .pth / .safetensors file instead")
+            raise ValueError(
+                f"a weights name ({weights!r}) is a torchvision name and '{name}' is not a torchvision "
+                "model; give a .pt / .pth / .safetensors file instead"
+            )
         return self.architecture(name, num_classes)[1]
 
     def architecture(self, name: str, num_classes: int) -> tuple[nn.Module, ClassifierNet]:
@@ -331,8 +348,9 @@ def architecture_source(name: str) -> ArchitectureSource:
     raise ValueError(f"unknown classifier architecture '{name}'; a name is one of: {kinds} (timm is not installed)")
 
 
-def build_architecture(name: str, num_classes: int | None, weights: str | None = None
-                       ) -> tuple[nn.Module, ClassifierNet, list[str] | None]:
+def build_architecture(
+    name: str, num_classes: int | None, weights: str | None = None
+) -> tuple[nn.Module, ClassifierNet, list[str] | None]:
     """An architecture with its own ``num_classes`` head, to load trained weights into.
 
     Args:
@@ -347,16 +365,19 @@ def build_architecture(name: str, num_classes: int | None, weights: str | None =
     """
     if weights is not None:
         if not _is_torchvision(name):
-            raise ValueError(f"a weights name ({weights!r}) is a torchvision name and '{name}' is not a torchvision "
-                             "model; give a .pt / .pth / .safetensors file instead")
+            raise ValueError(
+                f"a weights name ({weights!r}) is a torchvision name and '{name}' is not a torchvision "
+                "model; give a .pt / .pth / .safetensors file instead"
+            )
         import torchvision
 
         enum = torchvision.models.get_model_weights(name)
         try:
             resolved = enum[weights] if weights in enum.__members__ else enum.verify(weights)
         except (KeyError, ValueError) as err:
-            raise ValueError(f"unknown weights {weights!r} for {name}; choose one of "
-                             f"{', '.join(enum.__members__)}") from err
+            raise ValueError(
+                f"unknown weights {weights!r} for {name}; choose one of {', '.join(enum.__members__)}"
+            ) from err
         model = _torchvision_model(name, weights=resolved)
         names = resolved.meta.get("categories")
         return model, _from_torchvision(name, None, None, model), list(names) if names else None

@@ -55,8 +55,14 @@ class FrozenClassifier(nn.Module):
         num_classes: the number of logits, when known without running the model.
     """
 
-    def __init__(self, net: nn.Module, reference: str = "", class_names: list[str] | None = None,
-                 adapter: OutputAdapter | None = None, num_classes: int | None = None) -> None:
+    def __init__(
+        self,
+        net: nn.Module,
+        reference: str = "",
+        class_names: list[str] | None = None,
+        adapter: OutputAdapter | None = None,
+        num_classes: int | None = None,
+    ) -> None:
         super().__init__()
         self.net = net
         self.reference = reference
@@ -109,8 +115,9 @@ class FrozenClassifier(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         """Logits ``[B, C]`` of images ``[B, 3, H, W]`` normalised as the data module normalises them."""
-        return self._check_scores(self.adapter.to_logits(self.adapter.select(self.net(self.prepare(images)))),
-                                  len(images))
+        return self._check_scores(
+            self.adapter.to_logits(self.adapter.select(self.net(self.prepare(images)))), len(images)
+        )
 
     def _check_scores(self, logits: Any, batch: int) -> Tensor:
         if not isinstance(logits, Tensor) or logits.ndim != 2 or len(logits) != batch:
@@ -118,7 +125,8 @@ class FrozenClassifier(nn.Module):
             raise ClassifierCheckError(
                 f"the classifier '{self.reference}' gives {got} for a batch of {batch} images; an Explainer "
                 "needs class scores [B, C]. Set the classifier option output (which element of a tuple / dict "
-                "output holds them), or wrap a model whose scores need reshaping")
+                "output holds them), or wrap a model whose scores need reshaping"
+            )
         return logits
 
     @property
@@ -133,8 +141,10 @@ class FrozenClassifier(nn.Module):
                 return self.net.num_classes
             except AttributeError:
                 pass
-        raise AttributeError(f"the class count of classifier '{self.reference}' is unknown until it runs; pass "
-                             "class_names, or call verify(images) first")
+        raise AttributeError(
+            f"the class count of classifier '{self.reference}' is unknown until it runs; pass "
+            "class_names, or call verify(images) first"
+        )
 
     @property
     def content_hash(self) -> str:
@@ -157,8 +167,9 @@ class FrozenClassifier(nn.Module):
         """
         training = [name or "(top)" for name, m in self.named_modules() if m.training]
         if training:
-            raise ClassifierCheckError(f"modules of the classifier '{self.reference}' are in training mode: "
-                                       f"{', '.join(training[:5])}")
+            raise ClassifierCheckError(
+                f"modules of the classifier '{self.reference}' are in training mode: {', '.join(training[:5])}"
+            )
         if any(p.requires_grad for p in self.parameters()):
             raise ClassifierCheckError(f"parameters of the classifier '{self.reference}' need gradients")
         # Lightning validates under inference mode; this check needs autograd
@@ -179,11 +190,13 @@ class FrozenClassifier(nn.Module):
             self.net.load_state_dict(before, strict=False)
             raise ClassifierCheckError(
                 f"running the classifier '{self.reference}' changed its own state ({', '.join(changed[:4])}): a "
-                "BatchNorm layer in training mode? Save or export the model after model.eval()")
+                "BatchNorm layer in training mode? Save or export the model after model.eval()"
+            )
         if num_classes is not None and logits.shape[1] != num_classes:
             raise ClassifierCheckError(
                 f"the classifier '{self.reference}' gives {logits.shape[1]} class scores but the data module has "
-                f"{num_classes} classes; for a model with several outputs set the classifier option output")
+                f"{num_classes} classes; for a model with several outputs set the classifier option output"
+            )
         weights = torch.randn(logits.shape, generator=torch.Generator().manual_seed(0)).to(logits)
         grad = None
         if logits.requires_grad:
@@ -192,7 +205,8 @@ class FrozenClassifier(nn.Module):
             state = "no gradient" if grad is None else "zero or non-finite gradients"
             raise ClassifierCheckError(
                 f"the classifier '{self.reference}' passes {state} back to its input: the Explainer learns from "
-                "them. Remove detach() / no_grad / argmax steps from its forward, or export it with gradients")
+                "them. Remove detach() / no_grad / argmax steps from its forward, or export it with gradients"
+            )
         if self._num_classes is None:
             self._num_classes = int(logits.shape[1])
         return int(logits.shape[1])
@@ -212,13 +226,16 @@ class FrozenClassifier(nn.Module):
                     self.adapter.select(self.net(F.interpolate(sample, size=(size, size), mode="bilinear")))
             except Exception:  # noqa: S112 - probing sizes: a failure means "not this one"
                 continue
-            return (f"{message}. It takes {size}x{size} images: set the classifier option input_size: "
-                    f"[{size}, {size}] (images are resized for it)")
+            return (
+                f"{message}. It takes {size}x{size} images: set the classifier option input_size: "
+                f"[{size}, {size}] (images are resized for it)"
+            )
         return message + ". Set the classifier option input_size to the size it takes"
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, num_classes: int | None = None, *,
-                        allow_factories: Iterable[str] = ()) -> FrozenClassifier:
+    def from_checkpoint(
+        cls, path: str | Path, num_classes: int | None = None, *, allow_factories: Iterable[str] = ()
+    ) -> FrozenClassifier:
         """Loads the classifier of a :class:`~explainer.modules.classifier.ClassifierModule` checkpoint.
 
         The checkpoint is data: a ``package.module:factory`` backbone it names is refused before any import
@@ -249,8 +266,13 @@ class FrozenClassifier(nn.Module):
         with loading_from(f"the checkpoint {path} (hyper_parameters.backbone)", allow_factories):
             net = build_classifier(hp["backbone"], int(hp["num_classes"]))
         prefix = "net."
-        state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+        state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
         net.load_state_dict(state)
         adapter = OutputAdapter(activation=hp.get("activation") or "sigmoid")
-        return cls(net, reference=str(path), class_names=hp.get("class_names"), adapter=adapter,
-                   num_classes=int(hp["num_classes"]))
+        return cls(
+            net,
+            reference=str(path),
+            class_names=hp.get("class_names"),
+            adapter=adapter,
+            num_classes=int(hp["num_classes"]),
+        )

@@ -47,8 +47,18 @@ WEIGHT_SUFFIXES = (".pt", ".pth", ".safetensors", ".bin")
 IN_MEMORY = "<in-memory"
 
 
-_SPEC_KEYS = ("source", "weights", "output", "returns", "activation", "mean", "std", "input_size", "class_names",
-              "allow_partial_weights")
+_SPEC_KEYS = (
+    "source",
+    "weights",
+    "output",
+    "returns",
+    "activation",
+    "mean",
+    "std",
+    "input_size",
+    "class_names",
+    "allow_partial_weights",
+)
 
 
 @dataclasses.dataclass
@@ -92,19 +102,26 @@ class ClassifierSpec:
         if isinstance(value, Mapping):
             unknown = sorted(set(value) - set(_SPEC_KEYS))
             if unknown:
-                raise ValueError(f"unknown classifier option(s) {', '.join(map(repr, unknown))}; the options are "
-                                 f"{', '.join(_SPEC_KEYS)}")
+                raise ValueError(
+                    f"unknown classifier option(s) {', '.join(map(repr, unknown))}; the options are "
+                    f"{', '.join(_SPEC_KEYS)}"
+                )
             if "source" not in value:
-                raise ValueError(f"a classifier sub-config needs 'source' (a checkpoint, architecture name, factory, "
-                                 f"TorchScript or .pt2 file); got keys {sorted(value)}")
+                raise ValueError(
+                    f"a classifier sub-config needs 'source' (a checkpoint, architecture name, factory, "
+                    f"TorchScript or .pt2 file); got keys {sorted(value)}"
+                )
             return cls(**dict(value))
-        raise TypeError(f"a classifier is a path or name, a dict of classifier options or an nn.Module; got "
-                        f"{type(value).__name__}")
+        raise TypeError(
+            f"a classifier is a path or name, a dict of classifier options or an nn.Module; got {type(value).__name__}"
+        )
 
     def adapter(self, default_activation: str = "sigmoid") -> OutputAdapter:
         """The output adapter these options describe."""
         return OutputAdapter(
-            output=self.output, returns=self.returns, activation=self.activation or default_activation,
+            output=self.output,
+            returns=self.returns,
+            activation=self.activation or default_activation,
             mean=tuple(self.mean) if self.mean is not None else None,
             std=tuple(self.std) if self.std is not None else None,
             input_size=tuple(self.input_size) if self.input_size is not None else None,
@@ -167,17 +184,26 @@ def load_classifier(spec: Any, num_classes: int | None = None, *, allow_factorie
     if isinstance(source, FrozenClassifier):
         return source
     if isinstance(source, nn.Module):
-        return FrozenClassifier(source, reference=spec.reference, class_names=spec.class_names,
-                                adapter=spec.adapter(), num_classes=len(spec.class_names) if spec.class_names else None)
+        return FrozenClassifier(
+            source,
+            reference=spec.reference,
+            class_names=spec.class_names,
+            adapter=spec.adapter(),
+            num_classes=len(spec.class_names) if spec.class_names else None,
+        )
     if not isinstance(source, str) or not source:
         raise TypeError(f"classifier source must be a non-empty string or an nn.Module, got {source!r}")
     if source.startswith(IN_MEMORY):
-        raise ValueError(f"this was trained for a classifier passed in memory ({source}); pass that model again, "
-                         "e.g. ExplainerModule.load_from_checkpoint(path, classifier=model)")
+        raise ValueError(
+            f"this was trained for a classifier passed in memory ({source}); pass that model again, "
+            "e.g. ExplainerModule.load_from_checkpoint(path, classifier=model)"
+        )
     path = Path(source)
     if path.is_dir():
-        raise ValueError(f"classifier '{source}' is a folder; name a checkpoint, TorchScript or .pt2 file, or an "
-                         "architecture name with weights")
+        raise ValueError(
+            f"classifier '{source}' is a folder; name a checkpoint, TorchScript or .pt2 file, or an "
+            "architecture name with weights"
+        )
     if path.is_file():
         kind = file_kind(path)
         if kind == "checkpoint" or (kind == "weights" and spec.weights is None and _is_lightning(path)):
@@ -189,9 +215,12 @@ def load_classifier(spec: Any, num_classes: int | None = None, *, allow_factorie
         if kind == "weights":
             raise ValueError(
                 f"'{source}' is a weights file: it holds no architecture. Name the architecture as the source and "
-                f"this file as its weights, e.g. {{source: resnet50, weights: {source}}}")
-        raise ValueError(f"'{source}' is not a classifier file this library reads: a ClassifierModule .ckpt, a "
-                         "TorchScript file (torch.jit.save) or a torch.export program (torch.export.save, .pt2)")
+                f"this file as its weights, e.g. {{source: resnet50, weights: {source}}}"
+            )
+        raise ValueError(
+            f"'{source}' is not a classifier file this library reads: a ClassifierModule .ckpt, a "
+            "TorchScript file (torch.jit.save) or a torch.export program (torch.export.save, .pt2)"
+        )
     if path.suffix in (".ckpt", ".ts", ".pt2", ".pt", ".pth", ".jit") or "/" in source:
         raise FileNotFoundError(f"classifier file not found: '{source}'")
     return _from_name(spec, num_classes)
@@ -243,16 +272,20 @@ class ExportedClassifier(nn.Module):
 
     def forward(self, images: Tensor) -> Any:
         if self.input_size is not None and tuple(images.shape[-2:]) != self.input_size:
-            raise ValueError(f"the exported classifier takes {self.input_size[0]}x{self.input_size[1]} images (fixed "
-                             f"when it was exported), got {images.shape[-2]}x{images.shape[-1]}: set the classifier "
-                             f"option input_size: [{self.input_size[0]}, {self.input_size[1]}] to resize, or export "
-                             "it with dynamic_shapes")
+            raise ValueError(
+                f"the exported classifier takes {self.input_size[0]}x{self.input_size[1]} images (fixed "
+                f"when it was exported), got {images.shape[-2]}x{images.shape[-1]}: set the classifier "
+                f"option input_size: [{self.input_size[0]}, {self.input_size[1]}] to resize, or export "
+                "it with dynamic_shapes"
+            )
         if self.static_batch is None or len(images) == self.static_batch:
             return self.program(images)
         if len(images) % self.static_batch:
-            raise ValueError(f"the exported classifier takes batches of exactly {self.static_batch} (fixed when it "
-                             f"was exported), and {len(images)} images do not split into them: export it with "
-                             "dynamic_shapes={'x': {0: torch.export.Dim('batch')}}")
+            raise ValueError(
+                f"the exported classifier takes batches of exactly {self.static_batch} (fixed when it "
+                f"was exported), and {len(images)} images do not split into them: export it with "
+                "dynamic_shapes={'x': {0: torch.export.Dim('batch')}}"
+            )
         outs = [self.program(chunk) for chunk in images.split(self.static_batch)]
         return torch.cat(outs) if isinstance(outs[0], Tensor) else _cat_outputs(outs)
 
@@ -273,8 +306,9 @@ def _load_export(path: Path) -> tuple[nn.Module, str]:
     user = set(program.graph_signature.user_inputs)
     inputs = [n for n in placeholders if n.name in user]
     if len(inputs) != 1:
-        raise ValueError(f"the exported classifier '{path}' takes {len(inputs)} inputs; an Explainer feeds it one "
-                         "image batch")
+        raise ValueError(
+            f"the exported classifier '{path}' takes {len(inputs)} inputs; an Explainer feeds it one image batch"
+        )
     shape = inputs[0].meta["val"].shape
     static = [isinstance(s, int) for s in shape]
     batch = int(shape[0]) if static[0] else None
@@ -286,8 +320,13 @@ def _from_program(spec: ClassifierSpec, path: Path, num_classes: int | None, net
 
     if spec.weights is not None:
         raise ValueError(f"the {kind} file '{path}' holds its own weights; drop the classifier option weights")
-    return FrozenClassifier(net, reference=str(path), class_names=spec.class_names, adapter=spec.adapter(),
-                            num_classes=len(spec.class_names) if spec.class_names else None)
+    return FrozenClassifier(
+        net,
+        reference=str(path),
+        class_names=spec.class_names,
+        adapter=spec.adapter(),
+        num_classes=len(spec.class_names) if spec.class_names else None,
+    )
 
 
 def _from_name(spec: ClassifierSpec, num_classes: int | None) -> Any:
@@ -298,20 +337,28 @@ def _from_name(spec: ClassifierSpec, num_classes: int | None) -> Any:
         raise ValueError(
             f"the classifier '{name}' is an architecture: give its trained weights with the classifier option "
             f"weights (a .pt / .pth / .safetensors state dict, or a torchvision weights name), e.g. "
-            f"{{source: {name}, weights: my_weights.safetensors}}")
+            f"{{source: {name}, weights: my_weights.safetensors}}"
+        )
     path_weights = Path(spec.weights).suffix in WEIGHT_SUFFIXES
     if not path_weights:  # a torchvision weights name: its own head and categories
         raw, net, names = build_architecture(name, None, weights=spec.weights)
         class_names = spec.class_names or names
     else:
         if count is None:
-            raise ValueError(f"the classifier '{name}' needs a class count: give class_names, or let the data module "
-                             "give num_classes")
+            raise ValueError(
+                f"the classifier '{name}' needs a class count: give class_names, or let the data module "
+                "give num_classes"
+            )
         raw, net, _ = build_architecture(name, count)
         load_weights(spec.weights, [raw, net], allow_partial=spec.allow_partial_weights, what=f"classifier '{name}'")
         class_names = spec.class_names
-    return FrozenClassifier(net, reference=spec.reference, class_names=class_names, adapter=spec.adapter(),
-                            num_classes=len(class_names) if class_names else count)
+    return FrozenClassifier(
+        net,
+        reference=spec.reference,
+        class_names=class_names,
+        adapter=spec.adapter(),
+        num_classes=len(class_names) if class_names else count,
+    )
 
 
 def classifier_hparams(given: Any, frozen: Any) -> str | dict[str, Any]:
@@ -334,14 +381,17 @@ def check_class_names(classifier: Any, class_names: list[str] | None, num_classe
         raise ValueError(
             f"the classifier '{classifier.reference}' and the data module name their classes differently.\n"
             f"  classifier ({len(own)}): {list(own)}\n  data ({len(class_names)}): {list(class_names)}\n"
-            "Give the data module the classifier's classes in its order, or set the classifier option class_names")
+            "Give the data module the classifier's classes in its order, or set the classifier option class_names"
+        )
     try:
         count = classifier.num_classes
     except AttributeError:  # known once it runs: checked on the first batch
         return
     if count != num_classes:
-        raise ValueError(f"class-count mismatch: the classifier '{classifier.reference}' has {count} classes but "
-                         f"the data module has {num_classes}")
+        raise ValueError(
+            f"class-count mismatch: the classifier '{classifier.reference}' has {count} classes but "
+            f"the data module has {num_classes}"
+        )
 
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
@@ -362,16 +412,18 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError(f"'{path}' is not a state dict (a dict of tensors); save one with "
-                         "torch.save(model.state_dict(), path)")
+        raise ValueError(
+            f"'{path}' is not a state dict (a dict of tensors); save one with torch.save(model.state_dict(), path)"
+        )
     return state
 
 
 _PREFIXES = ("module.", "model.", "net.", "_orig_mod.")
 
 
-def load_weights(path: str | Path, candidates: Sequence[nn.Module], allow_partial: bool = False,
-                 what: str = "the classifier") -> int:
+def load_weights(
+    path: str | Path, candidates: Sequence[nn.Module], allow_partial: bool = False, what: str = "the classifier"
+) -> int:
     """Loads a state-dict file into the best-matching of ``candidates`` (views of the same network with other
     key names, e.g. a torchvision model and its features/head split). Common wrapper prefixes (``module.``,
     ``model.``, ``net.``) are stripped when that matches more.
@@ -390,7 +442,7 @@ def load_weights(path: str | Path, candidates: Sequence[nn.Module], allow_partia
         for prefix in ("", *_PREFIXES):
             if prefix and not all(k.startswith(prefix) for k in state):
                 continue
-            renamed = {k[len(prefix):]: v for k, v in state.items()}
+            renamed = {k[len(prefix) :]: v for k, v in state.items()}
             matched = sum(1 for k, v in renamed.items() if k in own and own[k].shape == v.shape)
             if best is None or matched > best[0]:
                 best = (matched, len(own), module, renamed)
@@ -398,25 +450,47 @@ def load_weights(path: str | Path, candidates: Sequence[nn.Module], allow_partia
     matched, total, module, renamed = best
     own = module.state_dict()
     missing = [k for k in own if k not in renamed]
-    mismatched = [f"{k} {tuple(renamed[k].shape)} vs {tuple(own[k].shape)}" for k in own
-                  if k in renamed and renamed[k].shape != own[k].shape]
+    mismatched = [
+        f"{k} {tuple(renamed[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in renamed and renamed[k].shape != own[k].shape
+    ]
     unexpected = [k for k in renamed if k not in own]
     if matched == 0:
-        raise ValueError(f"no tensor of {path} matches {what} by name and shape ({len(state)} tensors in the file, "
-                         f"{total} in the network; file keys start {list(state)[:3]}, network keys {list(own)[:3]}): "
-                         "is it the weights of this architecture?")
+        raise ValueError(
+            f"no tensor of {path} matches {what} by name and shape ({len(state)} tensors in the file, "
+            f"{total} in the network; file keys start {list(state)[:3]}, network keys {list(own)[:3]}): "
+            "is it the weights of this architecture?"
+        )
     if matched < total and not allow_partial:
-        details = "; ".join(part for part in (
-            f"missing: {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}" if missing else "",
-            f"shape mismatches (file vs network): {', '.join(mismatched[:3])}" if mismatched else "",
-            f"unexpected: {', '.join(unexpected[:4])}" if unexpected else "") if part)
-        raise ValueError(f"{path} fills only {matched} of the {total} tensors of {what} ({details}). Set the "
-                         "classifier option allow_partial_weights: true to load only those")
+        details = "; ".join(
+            part
+            for part in (
+                f"missing: {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}" if missing else "",
+                f"shape mismatches (file vs network): {', '.join(mismatched[:3])}" if mismatched else "",
+                f"unexpected: {', '.join(unexpected[:4])}" if unexpected else "",
+            )
+            if part
+        )
+        raise ValueError(
+            f"{path} fills only {matched} of the {total} tensors of {what} ({details}). Set the "
+            "classifier option allow_partial_weights: true to load only those"
+        )
     usable = {k: v for k, v in renamed.items() if k in own and own[k].shape == v.shape}
     module.load_state_dict(usable, strict=False)
     return matched
 
 
-__all__ = ["ACTIVATIONS", "RETURNS", "ClassifierSpec", "ExportedClassifier", "OutputAdapter", "check_class_names",
-           "classifier_hparams",            "file_kind",
-           "load_classifier", "load_weights", "read_state_dict"]
+__all__ = [
+    "ACTIVATIONS",
+    "RETURNS",
+    "ClassifierSpec",
+    "ExportedClassifier",
+    "OutputAdapter",
+    "check_class_names",
+    "classifier_hparams",
+    "file_kind",
+    "load_classifier",
+    "load_weights",
+    "read_state_dict",
+]

@@ -111,15 +111,22 @@ class ExplainerDataModule(pl.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader[Batch]:
         dataset = self._dataset(split)
-        options = {"batch_size": self.batch_size, "num_workers": self.num_workers, "pin_memory": self.pin_memory,
-                   "persistent_workers": self.num_workers > 0, "collate_fn": collate, "drop_last": False}
+        options = {
+            "batch_size": self.batch_size,
+            "num_workers": self.num_workers,
+            "pin_memory": self.pin_memory,
+            "persistent_workers": self.num_workers > 0,
+            "collate_fn": collate,
+            "drop_last": False,
+        }
         if shuffle:
             sampler = EpochShuffle(len(dataset), self.batch_size, run_seed(), completed=self._completed_batches)
             return ResumableLoader(dataset, sampler=sampler, **options)
         # a generator of its own: creating the loader's iterator draws nothing from the global RNG; under
         # DDP unpadded shards, so that every sample is scored once
-        return SkipReportingLoader(dataset, sampler=evaluation_sampler(dataset),
-                                   generator=torch.Generator().manual_seed(run_seed()), **options)
+        return SkipReportingLoader(
+            dataset, sampler=evaluation_sampler(dataset), generator=torch.Generator().manual_seed(run_seed()), **options
+        )
 
     def _completed_batches(self) -> int:
         """Batches of the current training epoch already done (a resumed run continues after them)."""
@@ -178,5 +185,6 @@ class FileDataModule(ExplainerDataModule):
 
     def transform(self, split: str) -> SampleTransform:
         """The transform of ``split``: resize and normalise, with augmentation on ``train`` when asked."""
-        return SampleTransform(self.image_size, self.resize, self.augment and split == "train", mean=self.mean,
-                               std=self.std)
+        return SampleTransform(
+            self.image_size, self.resize, self.augment and split == "train", mean=self.mean, std=self.std
+        )

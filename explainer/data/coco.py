@@ -82,8 +82,10 @@ def load_coco_index(root: str | Path, image_set: str) -> CocoDetection:
     expected = dict(COCO_CATEGORIES)
     if found != expected:
         diff = sorted(set(found.items()) ^ set(expected.items()))[:10]
-        raise ValueError(f"{ann_file} does not hold the 80 COCO categories (differences, first 10: {diff}); "
-                         "for another class list use FolderDataModule")
+        raise ValueError(
+            f"{ann_file} does not hold the 80 COCO categories (differences, first 10: {diff}); "
+            "for another class list use FolderDataModule"
+        )
     return base
 
 
@@ -126,8 +128,9 @@ class COCO2014Dataset(AnnotatedImageDataset):
             self.ids = [int(i) for i in image_ids]
             unknown = [i for i in self.ids if i not in self.coco.imgs]
             if unknown:
-                raise ValueError(f"{len(unknown)} image ids are not in instances_{image_set}.json "
-                                 f"(first: {unknown[:5]})")
+                raise ValueError(
+                    f"{len(unknown)} image ids are not in instances_{image_set}.json (first: {unknown[:5]})"
+                )
         self.name = f"COCO {image_set}" + ("" if image_ids is None else f" ({len(self.ids)}-image subset)")
 
     def __len__(self) -> int:
@@ -138,15 +141,22 @@ class COCO2014Dataset(AnnotatedImageDataset):
         info = self.coco.imgs[image_id]
         path = self.image_dir / info["file_name"]
         if not path.is_file():
-            raise DatasetNotFoundError(dataset_error(
-                "MS-COCO 2014", self.root, [path], COCO_LAYOUT, COCO_OBTAIN,
-                what=f"listed in instances_{self.image_set}.json but missing",
-            ))
+            raise DatasetNotFoundError(
+                dataset_error(
+                    "MS-COCO 2014",
+                    self.root,
+                    [path],
+                    COCO_LAYOUT,
+                    COCO_OBTAIN,
+                    what=f"listed in instances_{self.image_set}.json but missing",
+                )
+            )
         image = read_image(path)
         height, width = image.shape[-2:]
         if (int(info["height"]), int(info["width"])) != (height, width):
-            raise ValueError(f"{path} is {width}x{height} but instances_{self.image_set}.json says "
-                             f"{info['width']}x{info['height']}")
+            raise ValueError(
+                f"{path} is {width}x{height} but instances_{self.image_set}.json says {info['width']}x{info['height']}"
+            )
         anns = self.coco.imgToAnns.get(image_id, [])
         classes = torch.tensor([COCO_ID_TO_INDEX[int(a["category_id"])] for a in anns], dtype=torch.long)
         crowd = torch.tensor([bool(a.get("iscrowd", 0)) for a in anns], dtype=torch.bool)
@@ -156,12 +166,20 @@ class COCO2014Dataset(AnnotatedImageDataset):
         masks = mask_classes = None
         if self.masks:
             masks, mask_classes = self._class_masks(anns, classes, height, width)
-        return RawSample(image=image, labels=multi_hot(labelled, len(COCO_CLASSES)), boxes=boxes,
-                         box_labels=classes, difficult=crowd, masks=masks, mask_classes=mask_classes,
-                         id=str(image_id))
+        return RawSample(
+            image=image,
+            labels=multi_hot(labelled, len(COCO_CLASSES)),
+            boxes=boxes,
+            box_labels=classes,
+            difficult=crowd,
+            masks=masks,
+            mask_classes=mask_classes,
+            id=str(image_id),
+        )
 
-    def _class_masks(self, anns: list[dict], classes: torch.Tensor, height: int,
-                     width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _class_masks(
+        self, anns: list[dict], classes: torch.Tensor, height: int, width: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per present class, the union of its instance masks (crowd regions included).
 
         The union is taken on the run-length encodings (``mask.merge``), so only one mask per present
@@ -240,13 +258,17 @@ class COCO2014DataModule(FileDataModule):
 
     def check_root(self, splits: Sequence[str]) -> None:
         """Every file of the image sets that ``splits`` read (``train2014`` and / or ``val2014``) must exist."""
-        image_sets = {"train": {"train2014"}, "test": {"val2014"},
-                      "val": {"train2014"} if self.hparams.val_fraction > 0 else {"val2014"}}
+        image_sets = {
+            "train": {"train2014"},
+            "test": {"val2014"},
+            "val": {"train2014"} if self.hparams.val_fraction > 0 else {"val2014"},
+        }
         needed = sorted(set().union(*(image_sets[s] for s in splits)))
         missing = [p for s in needed for p in coco_paths(self.root, s) if not p.exists()]
         if missing:
-            raise DatasetNotFoundError(dataset_error("MS-COCO 2014", Path(self.root), missing, COCO_LAYOUT,
-                                                     COCO_OBTAIN))
+            raise DatasetNotFoundError(
+                dataset_error("MS-COCO 2014", Path(self.root), missing, COCO_LAYOUT, COCO_OBTAIN)
+            )
 
     def _draw(self, name: str, candidates: Sequence[int], count: int) -> list[int]:
         """A seeded subset of ``count`` ids, read from / saved to ``splits_dir`` as ``<name>.json``."""
@@ -257,15 +279,25 @@ class COCO2014DataModule(FileDataModule):
         if path is not None and path.is_file():
             saved = [int(i) for i in json.loads(path.read_text())["image_ids"]]
             if len(saved) != count or not set(saved) <= set(candidates):
-                raise ValueError(f"the saved id list {path} does not fit this dataset ({len(saved)} ids, "
-                                 f"expected {count} from {len(candidates)} candidates); delete it or set "
-                                 "another splits_dir")
+                raise ValueError(
+                    f"the saved id list {path} does not fit this dataset ({len(saved)} ids, "
+                    f"expected {count} from {len(candidates)} candidates); delete it or set "
+                    "another splits_dir"
+                )
             return saved
         rng = np.random.default_rng(self.hparams.subset_seed)
         ids = sorted(int(i) for i in rng.choice(np.asarray(candidates), size=count, replace=False))
         if path is not None:
-            _save_new(path, {"name": name, "seed": self.hparams.subset_seed, "count": count,
-                             "drawn_from": len(candidates), "image_ids": ids})
+            _save_new(
+                path,
+                {
+                    "name": name,
+                    "seed": self.hparams.subset_seed,
+                    "count": count,
+                    "drawn_from": len(candidates),
+                    "image_ids": ids,
+                },
+            )
         return ids
 
     def split_ids(self, split: str) -> tuple[str, list[int] | None]:
@@ -302,9 +334,16 @@ class COCO2014DataModule(FileDataModule):
     def make_dataset(self, split: str) -> COCO2014Dataset:
         """The dataset of ``split`` (``train``, ``val`` or ``test``) with this module's settings."""
         image_set, ids = self.split_ids(split)
-        return COCO2014Dataset(self.root, image_set, ids, masks=split != "train" or self.hparams.train_masks,
-                               crowd_as_labels=self.hparams.crowd_as_labels, transform=self.transform(split),
-                               skip_corrupt=self.skip_corrupt, index=self._index(image_set))
+        return COCO2014Dataset(
+            self.root,
+            image_set,
+            ids,
+            masks=split != "train" or self.hparams.train_masks,
+            crowd_as_labels=self.hparams.crowd_as_labels,
+            transform=self.transform(split),
+            skip_corrupt=self.skip_corrupt,
+            index=self._index(image_set),
+        )
 
 
 def _save_new(path: Path, content: dict) -> None:

@@ -40,10 +40,20 @@ CUB_LAYOUT = """<root>/CUB_200_2011/images.txt                 (<image_id> <clas
 <root>/CUB_200_2011/parts/parts.txt             (<part_id> <part name>)
 <root>/CUB_200_2011/parts/part_locs.txt         (<image_id> <part_id> <x> <y> <visible>)
 <root>/CUB_200_2011/images/<class_dir>/<file>.jpg"""
-CUB_OBTAIN = ("download CUB_200_2011.tgz from the Caltech-UCSD Birds-200-2011 page "
-              "(https://www.vision.caltech.edu/datasets/cub_200_2011/) and extract it into <root>")
-_FILES = ("images.txt", "image_class_labels.txt", "train_test_split.txt", "bounding_boxes.txt", "classes.txt",
-          "parts/parts.txt", "parts/part_locs.txt", "images")
+CUB_OBTAIN = (
+    "download CUB_200_2011.tgz from the Caltech-UCSD Birds-200-2011 page "
+    "(https://www.vision.caltech.edu/datasets/cub_200_2011/) and extract it into <root>"
+)
+_FILES = (
+    "images.txt",
+    "image_class_labels.txt",
+    "train_test_split.txt",
+    "bounding_boxes.txt",
+    "classes.txt",
+    "parts/parts.txt",
+    "parts/part_locs.txt",
+    "images",
+)
 
 
 def resolve_cub_root(root: str | Path) -> Path:
@@ -120,16 +130,30 @@ class CUBAnnotations:
             image, part = int(i), int(p)
             if image in keypoints and part in part_index and float(visible) > 0:
                 keypoints[image][part_index[part]] = (float(x), float(y))
-        for name, table in (("image_class_labels.txt", labels), ("train_test_split.txt", split),
-                            ("bounding_boxes.txt", boxes)):
+        for name, table in (
+            ("image_class_labels.txt", labels),
+            ("train_test_split.txt", split),
+            ("bounding_boxes.txt", boxes),
+        ):
             missing = [i for i in image_ids if i not in table]
             if missing:
                 raise ValueError(f"{folder / name} has no row for {len(missing)} image(s), e.g. id {missing[0]}")
         unknown = sorted({c for c in labels.values() if c not in class_index})
         if unknown:
-            raise ValueError(f"{folder / 'image_class_labels.txt'} uses class ids {unknown[:5]} missing from classes.txt")
-        return cls(folder, [class_ids[c] for c in order], [part_ids[p] for p in part_order], image_ids, paths,
-                   {i: class_index[labels[i]] for i in image_ids}, {i: split[i] for i in image_ids}, boxes, keypoints)
+            raise ValueError(
+                f"{folder / 'image_class_labels.txt'} uses class ids {unknown[:5]} missing from classes.txt"
+            )
+        return cls(
+            folder,
+            [class_ids[c] for c in order],
+            [part_ids[p] for p in part_order],
+            image_ids,
+            paths,
+            {i: class_index[labels[i]] for i in image_ids},
+            {i: split[i] for i in image_ids},
+            boxes,
+            keypoints,
+        )
 
     def split_ids(self, split: str, val_fraction: float = 0.1, seed: int = 0) -> list[int]:
         """The image ids of ``train``, ``val`` or ``test`` (see the module docstring)."""
@@ -162,17 +186,27 @@ class CUB200Dataset(AnnotatedImageDataset):
 
     name = "CUB-200-2011"
 
-    def __init__(self, annotations: CUBAnnotations, image_ids: Sequence[int], transform: SampleTransform | None = None,
-                 skip_corrupt: bool = False) -> None:
+    def __init__(
+        self,
+        annotations: CUBAnnotations,
+        image_ids: Sequence[int],
+        transform: SampleTransform | None = None,
+        skip_corrupt: bool = False,
+    ) -> None:
         super().__init__(transform, skip_corrupt)
         self.annotations = annotations
         self.ids = list(image_ids)
         checked = self.ids[:1000]  # a quick check of an incomplete extraction; every image is read later anyway
-        missing = [annotations.root / "images" / annotations.paths[i] for i in checked
-                   if not (annotations.root / "images" / annotations.paths[i]).is_file()]
+        missing = [
+            annotations.root / "images" / annotations.paths[i]
+            for i in checked
+            if not (annotations.root / "images" / annotations.paths[i]).is_file()
+        ]
         if missing:
-            raise DatasetNotFoundError(f"CUB-200-2011 under '{annotations.root}' lacks {len(missing)} of the first "
-                                       f"{len(checked)} image files listed in images.txt, e.g. {missing[0]}")
+            raise DatasetNotFoundError(
+                f"CUB-200-2011 under '{annotations.root}' lacks {len(missing)} of the first "
+                f"{len(checked)} image files listed in images.txt, e.g. {missing[0]}"
+            )
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -183,10 +217,15 @@ class CUB200Dataset(AnnotatedImageDataset):
         cls = ann.classes[image_id]
         labels = torch.zeros(len(ann.class_names))
         labels[cls] = 1.0
-        return RawSample(image=image, labels=labels, boxes=torch.from_numpy(ann.boxes[image_id])[None],
-                         box_labels=torch.tensor([cls]), difficult=torch.zeros(1, dtype=torch.bool),
-                         keypoints=torch.from_numpy(ann.keypoints[image_id])[None],
-                         id=Path(ann.paths[image_id]).stem)
+        return RawSample(
+            image=image,
+            labels=labels,
+            boxes=torch.from_numpy(ann.boxes[image_id])[None],
+            box_labels=torch.tensor([cls]),
+            difficult=torch.zeros(1, dtype=torch.bool),
+            keypoints=torch.from_numpy(ann.keypoints[image_id])[None],
+            id=Path(ann.paths[image_id]).stem,
+        )
 
 
 class CUB200DataModule(FileDataModule):

@@ -90,10 +90,21 @@ def _backgrounds() -> tuple[np.ndarray, ...]:
     import skimage.data
     from sklearn.datasets import load_sample_images
 
-    photos = [getattr(skimage.data, name)() for name in (
-        "astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry",
-        "camera", "brick", "grass", "gravel", "coins",
-    )]
+    photos = [
+        getattr(skimage.data, name)()
+        for name in (
+            "astronaut",
+            "chelsea",
+            "coffee",
+            "rocket",
+            "immunohistochemistry",
+            "camera",
+            "brick",
+            "grass",
+            "gravel",
+            "coins",
+        )
+    ]
     photos += list(load_sample_images().images)
     out = []
     for photo in photos:
@@ -176,7 +187,7 @@ def render_scene(
     side = int(rng.uniform(0.35, 1.0) * min(photo.shape[:2]))
     y0 = rng.integers(0, photo.shape[0] - side + 1)
     x0 = rng.integers(0, photo.shape[1] - side + 1)
-    crop = Image.fromarray((photo[y0:y0 + side, x0:x0 + side] * 255).astype(np.uint8))
+    crop = Image.fromarray((photo[y0 : y0 + side, x0 : x0 + side] * 255).astype(np.uint8))
     canvas = np.asarray(crop.resize((size, size), Image.BILINEAR), dtype=np.float32) / 255.0
     if rng.random() < 0.5:
         canvas = canvas[:, ::-1]
@@ -196,7 +207,7 @@ def render_scene(
         best, best_cost = None, np.inf
         for _ in range(25):
             py, px = rng.integers(0, size - d + 1, size=2)
-            under = label_map[py:py + d, px:px + d]
+            under = label_map[py : py + d, px : px + d]
             cost = 0.0
             for other in np.unique(under[stroke]):
                 if other == 0:
@@ -208,11 +219,11 @@ def render_scene(
             if cost <= max_overlap:
                 break
         py, px = best
-        region = canvas[py:py + d, px:px + d]
+        region = canvas[py : py + d, px : px + d]
         bright = float(region.mean()) < 0.5
         colour = _digit_colour(rng, bright)
-        canvas[py:py + d, px:px + d] = region * (1 - alpha[..., None]) + colour * alpha[..., None]
-        label_map[py:py + d, px:px + d][stroke] = cls + 1
+        canvas[py : py + d, px : px + d] = region * (1 - alpha[..., None]) + colour * alpha[..., None]
+        label_map[py : py + d, px : px + d][stroke] = cls + 1
 
     boxes, keypoints, kept = [], [], []
     for cls in classes:
@@ -362,15 +373,17 @@ class DigitScenes(Dataset):
             name = f"{self.split}-{i:06d}.png"
             Image.fromarray(scene.image).save(root / "images" / name)
             Image.fromarray(scene.label_map).save(root / "masks" / name)
-            records.append({
-                "image": f"images/{name}",
-                "mask": f"masks/{name}",
-                "labels": [DIGIT_CLASSES[c] for c in scene.classes],
-                "boxes": [
-                    {"label": DIGIT_CLASSES[c], "box": [float(v) for v in box]}
-                    for c, box in zip(scene.classes, scene.boxes, strict=True)
-                ],
-            })
+            records.append(
+                {
+                    "image": f"images/{name}",
+                    "mask": f"masks/{name}",
+                    "labels": [DIGIT_CLASSES[c] for c in scene.classes],
+                    "boxes": [
+                        {"label": DIGIT_CLASSES[c], "box": [float(v) for v in box]}
+                        for c, box in zip(scene.classes, scene.boxes, strict=True)
+                    ],
+                }
+            )
         index_file.write_text(json.dumps({"classes": DIGIT_CLASSES, "images": records}, indent=1))
         return index_file
 
@@ -413,8 +426,15 @@ class DigitScenesDataModule(ExplainerDataModule):
         self.image_size = image_size
         self._sizes = {"train": train_scenes, "val": val_scenes, "test": test_scenes}
         self._scene_args = dict(
-            image_size=image_size, seed=seed, min_digits=min_digits, max_digits=max_digits,
-            digit_scale=tuple(digit_scale), max_overlap=max_overlap, mean=self.mean, std=self.std, cache=cache,
+            image_size=image_size,
+            seed=seed,
+            min_digits=min_digits,
+            max_digits=max_digits,
+            digit_scale=tuple(digit_scale),
+            max_overlap=max_overlap,
+            mean=self.mean,
+            std=self.std,
+            cache=cache,
         )
         self.cache = cache
 

@@ -30,6 +30,7 @@ from explainer.data.transforms import RawSample, SampleTransform
 
 log = logging.getLogger(__name__)
 
+
 class DatasetNotFoundError(FileNotFoundError):
     """A dataset root is missing or incomplete (the message names the path, the layout and the source)."""
 
@@ -54,14 +55,17 @@ def check_layout(name: str, root: str | Path, required: Sequence[str | Path], la
         raise DatasetNotFoundError(dataset_error(name, root, missing, layout, obtain))
 
 
-def dataset_error(name: str, root: Path, missing: Sequence[Path], layout: str, obtain: str,
-                  what: str = "missing") -> str:
+def dataset_error(
+    name: str, root: Path, missing: Sequence[Path], layout: str, obtain: str, what: str = "missing"
+) -> str:
     """The message of a :class:`DatasetNotFoundError` (see :func:`check_layout`)."""
     shown = "\n".join(f"  {what}: {p}" for p in missing[:10])
     more = f"\n  ... and {len(missing) - 10} more" if len(missing) > 10 else ""
     indented = "\n".join(f"  {line}" for line in layout.strip().splitlines())
-    return (f"{name} not found or incomplete under root '{root}' (resolved: {root.resolve()}):\n{shown}{more}\n"
-            f"Expected layout:\n{indented}\nHow to obtain it: {obtain}")
+    return (
+        f"{name} not found or incomplete under root '{root}' (resolved: {root.resolve()}):\n{shown}{more}\n"
+        f"Expected layout:\n{indented}\nHow to obtain it: {obtain}"
+    )
 
 
 def read_image(path: str | Path) -> torch.Tensor:
@@ -120,8 +124,9 @@ def read_label_map(path: str | Path) -> np.ndarray:
     return array.astype(np.uint8, copy=False)
 
 
-def label_map_masks(label_map: np.ndarray, num_classes: int, void: int = 255,
-                    source: str | Path = "label map") -> tuple[torch.Tensor, torch.Tensor]:
+def label_map_masks(
+    label_map: np.ndarray, num_classes: int, void: int = 255, source: str | Path = "label map"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Splits a label map (``class + 1`` per pixel, 0 background, ``void`` ignored) into per-class masks.
 
     Args:
@@ -139,9 +144,11 @@ def label_map_masks(label_map: np.ndarray, num_classes: int, void: int = 255,
     allowed[void] = True
     bad = np.flatnonzero(counts * ~allowed)
     if bad.size:
-        raise ValueError(f"{source} holds values {bad.tolist()}; expected 0 (background), 1..{num_classes} "
-                         f"(class index + 1) or {void} (void)")
-    values = torch.from_numpy(np.flatnonzero(counts[1:num_classes + 1]) + 1).to(torch.uint8)
+        raise ValueError(
+            f"{source} holds values {bad.tolist()}; expected 0 (background), 1..{num_classes} "
+            f"(class index + 1) or {void} (void)"
+        )
+    values = torch.from_numpy(np.flatnonzero(counts[1 : num_classes + 1]) + 1).to(torch.uint8)
     masks = torch.from_numpy(label_map).unsqueeze(0) == values.view(-1, 1, 1)  # void matches no class
     return masks, values.long() - 1
 
@@ -207,6 +214,13 @@ class AnnotatedImageDataset(Dataset):
 
 
 __all__ = [
-    "AnnotatedImageDataset", "CorruptImageError", "DatasetNotFoundError", "SkipCounter",
-    "check_layout", "dataset_error", "label_map_masks", "read_image", "read_label_map",
+    "AnnotatedImageDataset",
+    "CorruptImageError",
+    "DatasetNotFoundError",
+    "SkipCounter",
+    "check_layout",
+    "dataset_error",
+    "label_map_masks",
+    "read_image",
+    "read_label_map",
 ]

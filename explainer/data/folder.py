@@ -177,9 +177,17 @@ def _resolve(path: Path, where: str, rec: dict[str, Any], lookup: dict[str, int]
         if not mask_path.is_file():
             raise FileNotFoundError(f"{where}: mask file {mask_path} does not exist")
     split = rec.get("split")
-    return FolderRecord(image=image_path, labels=labels, where=where, id=str(rec.get("id") or Path(image).stem),
-                        mask=mask_path, boxes=boxes, box_labels=box_labels, difficult=difficult,
-                        split=None if split is None else str(split))
+    return FolderRecord(
+        image=image_path,
+        labels=labels,
+        where=where,
+        id=str(rec.get("id") or Path(image).stem),
+        mask=mask_path,
+        boxes=boxes,
+        box_labels=box_labels,
+        difficult=difficult,
+        split=None if split is None else str(split),
+    )
 
 
 class FolderDataset(AnnotatedImageDataset):
@@ -216,8 +224,10 @@ class FolderDataset(AnnotatedImageDataset):
         if rec.mask is not None:
             label_map = read_label_map(rec.mask)
             if label_map.shape != tuple(image.shape[-2:]):
-                raise ValueError(f"{rec.where}: mask {rec.mask} is {label_map.shape[1]}x{label_map.shape[0]} but "
-                                 f"the image is {image.shape[-1]}x{image.shape[-2]}")
+                raise ValueError(
+                    f"{rec.where}: mask {rec.mask} is {label_map.shape[1]}x{label_map.shape[0]} but "
+                    f"the image is {image.shape[-1]}x{image.shape[-2]}"
+                )
             masks, mask_classes = label_map_masks(label_map, len(self.classes), source=f"{rec.where}: mask {rec.mask}")
         return RawSample(
             image=image,
@@ -275,8 +285,9 @@ class FolderDataModule(FileDataModule):
     def _rows_of(self, path: Path) -> tuple[list[str] | None, list[tuple[str, dict[str, Any]]]]:
         if path not in self._rows:
             if not path.is_file():
-                raise DatasetNotFoundError(dataset_error("folder dataset", self.root, [path], FOLDER_LAYOUT,
-                                                         FOLDER_OBTAIN))
+                raise DatasetNotFoundError(
+                    dataset_error("folder dataset", self.root, [path], FOLDER_LAYOUT, FOLDER_OBTAIN)
+                )
             self._rows[path] = _read_rows(path)
         return self._rows[path]
 
@@ -287,13 +298,16 @@ class FolderDataModule(FileDataModule):
             existing = [f for f in files if f.is_file()]
             if not existing:
                 missing = files or [self.root]
-                raise DatasetNotFoundError(dataset_error("folder dataset", self.root, missing, FOLDER_LAYOUT,
-                                                         FOLDER_OBTAIN))
+                raise DatasetNotFoundError(
+                    dataset_error("folder dataset", self.root, missing, FOLDER_LAYOUT, FOLDER_OBTAIN)
+                )
             declared = {f: self._rows_of(f)[0] for f in existing}
             lists = {tuple(c) for c in declared.values() if c is not None}
             if len(lists) > 1:
-                raise ValueError(f"the annotation files declare different class lists: "
-                                 f"{ {str(f): c for f, c in declared.items() if c is not None} }")
+                raise ValueError(
+                    f"the annotation files declare different class lists: "
+                    f"{ {str(f): c for f, c in declared.items() if c is not None} }"
+                )
             if lists:
                 classes = list(lists.pop())
             else:
@@ -316,8 +330,10 @@ class FolderDataModule(FileDataModule):
         for where, rec in rows:
             if self.hparams.annotations:
                 if rec.get("split") not in SPLITS:
-                    raise ValueError(f"{where}: 'split' must be one of {SPLITS} in a single annotation file, "
-                                     f"got {rec.get('split')!r}")
+                    raise ValueError(
+                        f"{where}: 'split' must be one of {SPLITS} in a single annotation file, "
+                        f"got {rec.get('split')!r}"
+                    )
                 if rec["split"] != split:
                     continue
             out.append(_resolve(path, where, rec, lookup))
@@ -327,8 +343,9 @@ class FolderDataModule(FileDataModule):
 
     def make_dataset(self, split: str) -> FolderDataset:
         """The dataset of ``split`` with this module's settings."""
-        return FolderDataset(self.records(split), self.class_names, self.transform(split), self.skip_corrupt,
-                             name=f"{self.root} {split}")
+        return FolderDataset(
+            self.records(split), self.class_names, self.transform(split), self.skip_corrupt, name=f"{self.root} {split}"
+        )
 
     def has_split(self, split: str) -> bool:
         """Whether an annotation file is configured for ``split``."""
@@ -338,8 +355,9 @@ class FolderDataModule(FileDataModule):
         """The annotation file of every split in ``splits`` must exist."""
         missing = sorted({f for s, f in self._files().items() if s in splits and not f.is_file()})
         if missing:
-            raise DatasetNotFoundError(dataset_error("folder dataset", self.root, missing, FOLDER_LAYOUT,
-                                                     FOLDER_OBTAIN))
+            raise DatasetNotFoundError(
+                dataset_error("folder dataset", self.root, missing, FOLDER_LAYOUT, FOLDER_OBTAIN)
+            )
 
 
 __all__ = ["FolderDataModule", "FolderDataset", "FolderRecord", "LABEL_SEPARATORS"]

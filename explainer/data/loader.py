@@ -29,7 +29,9 @@ class SkipReportingLoader(DataLoader):
                 name = getattr(self.dataset, "name", type(self.dataset).__name__)
                 warnings.warn(
                     f"{skipped} corrupt image(s) of {name} ({len(self.dataset)} images) were skipped in this pass "
-                    "(skip_corrupt=True); the log names each file", RuntimeWarning, stacklevel=2,
+                    "(skip_corrupt=True); the log names each file",
+                    RuntimeWarning,
+                    stacklevel=2,
                 )
 
 

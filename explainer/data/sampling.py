@@ -47,8 +47,7 @@ class EpochShuffle(Sampler[int]):
             starts); ``None``: always 0.
     """
 
-    def __init__(self, length: int, batch_size: int, seed: int = 0,
-                 completed: Callable[[], int] | None = None) -> None:
+    def __init__(self, length: int, batch_size: int, seed: int = 0, completed: Callable[[], int] | None = None) -> None:
         self.length, self.batch_size, self.seed = int(length), int(batch_size), int(seed)
         self.completed = completed
         self.epoch = 0
@@ -66,7 +65,7 @@ class EpochShuffle(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         done = int(self.completed()) if self.completed is not None else 0
         self.skipped = min(max(done, 0) * self.batch_size, self.length)
-        yield from self.permutation(self.epoch)[self.skipped:]
+        yield from self.permutation(self.epoch)[self.skipped :]
 
     def __len__(self) -> int:
         return self.length
@@ -109,10 +108,12 @@ class ResumableLoader(SkipReportingLoader):
     re-create it with its distributed wrapper as the sampler (DDP), hence the plain keyword arguments.
     """
 
-    def __init__(self, dataset: Any, sampler: Any = None, generator: torch.Generator | None = None,
-                 **kwargs: Any) -> None:
-        super().__init__(dataset, sampler=sampler, generator=generator if generator is not None else torch.Generator(),
-                         **kwargs)
+    def __init__(
+        self, dataset: Any, sampler: Any = None, generator: torch.Generator | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(
+            dataset, sampler=sampler, generator=generator if generator is not None else torch.Generator(), **kwargs
+        )
 
     def __iter__(self) -> Iterator[Any]:
         order = _epoch_shuffle(self.sampler)
@@ -129,8 +130,10 @@ class ResumableLoader(SkipReportingLoader):
         if order is None or not state:
             return
         if int(state.get("seed", order.seed)) != order.seed:
-            raise ValueError(f"the checkpoint was trained with shuffle seed {state['seed']}, this run has "
-                             f"{order.seed}: resume with the same --seed_everything")
+            raise ValueError(
+                f"the checkpoint was trained with shuffle seed {state['seed']}, this run has "
+                f"{order.seed}: resume with the same --seed_everything"
+            )
         order.set_epoch(int(state.get("epoch", order.epoch)))
 
 

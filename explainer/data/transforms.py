@@ -78,16 +78,22 @@ class _Resize(v2.Transform):
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         if isinstance(inpt, tv_tensors.Mask):
             return self._call_kernel(F.resize, inpt, self.size, interpolation=InterpolationMode.NEAREST_EXACT)
-        return self._call_kernel(F.resize, inpt, self.size, interpolation=InterpolationMode.BILINEAR,
-                                 antialias=True)
+        return self._call_kernel(F.resize, inpt, self.size, interpolation=InterpolationMode.BILINEAR, antialias=True)
 
 
 def _clip_boxes(boxes: tv_tensors.BoundingBoxes) -> tuple[tv_tensors.BoundingBoxes, Tensor]:
     """Clips XYXY boxes to their canvas and drops those left without area; returns them and the keep mask."""
     height, width = boxes.canvas_size
     plain = boxes.as_subclass(Tensor).reshape(-1, 4)
-    plain = torch.stack([plain[:, 0].clamp(0, width), plain[:, 1].clamp(0, height),
-                         plain[:, 2].clamp(0, width), plain[:, 3].clamp(0, height)], dim=1)
+    plain = torch.stack(
+        [
+            plain[:, 0].clamp(0, width),
+            plain[:, 1].clamp(0, height),
+            plain[:, 2].clamp(0, width),
+            plain[:, 3].clamp(0, height),
+        ],
+        dim=1,
+    )
     keep = (plain[:, 2] > plain[:, 0]) & (plain[:, 3] > plain[:, 1])
     return tv_tensors.wrap(plain[keep], like=boxes), keep
 
@@ -95,8 +101,9 @@ def _clip_boxes(boxes: tv_tensors.BoundingBoxes) -> tuple[tv_tensors.BoundingBox
 def _points_as_boxes(points: Tensor, canvas_size: tuple[int, int]) -> tv_tensors.BoundingBoxes:
     """``[n, P, 2]`` points as zero-area XYXY boxes (unclamped), so they share the boxes' geometry exactly."""
     flat = points.to(torch.float32).reshape(-1, 2)
-    return tv_tensors.BoundingBoxes(torch.cat([flat, flat], dim=1), format="XYXY", canvas_size=canvas_size,
-                                    clamping_mode=None)
+    return tv_tensors.BoundingBoxes(
+        torch.cat([flat, flat], dim=1), format="XYXY", canvas_size=canvas_size, clamping_mode=None
+    )
 
 
 def _boxes_as_points(boxes: tv_tensors.BoundingBoxes, shape: tuple[int, ...]) -> Tensor:
@@ -164,8 +171,7 @@ class SampleTransform:
         self.pipeline = v2.Compose(steps)  # after the resize: augmentation, dtype and normalisation
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(image_size={self.image_size}, resize='{self.resize}', "
-                f"augment={self.augment})")
+        return f"{type(self).__name__}(image_size={self.image_size}, resize='{self.resize}', augment={self.augment})"
 
     def __call__(self, raw: RawSample) -> Sample:
         """Transforms one raw sample.
@@ -190,8 +196,10 @@ class SampleTransform:
         if raw.keypoints is not None:
             keypoints = raw.keypoints.to(torch.float32)
             if keypoints.ndim != 3 or keypoints.shape[0] != boxes_in.shape[0] or keypoints.shape[2] != 2:
-                raise ValueError(f"keypoints must be [n, P, 2] for the {boxes_in.shape[0]} boxes of '{raw.id}', "
-                                 f"got {tuple(keypoints.shape)}")
+                raise ValueError(
+                    f"keypoints must be [n, P, 2] for the {boxes_in.shape[0]} boxes of '{raw.id}', "
+                    f"got {tuple(keypoints.shape)}"
+                )
             inputs["keypoints"] = _points_as_boxes(keypoints, (height, width))
         box_labels = raw.box_labels.long().reshape(-1)
         difficult = raw.difficult.bool().reshape(-1)

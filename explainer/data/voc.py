@@ -113,10 +113,16 @@ class VOC2007Dataset(AnnotatedImageDataset):
         self.ids = [p.stem for p in self.images]
         incomplete = [p for pair in zip(self.images, self.annotations, strict=True) for p in pair if not p.is_file()]
         if incomplete:
-            raise DatasetNotFoundError(dataset_error(
-                "PASCAL VOC 2007", self.root, incomplete, VOC_LAYOUT, VOC_OBTAIN,
-                what=f"listed in ImageSets/Main/{image_set}.txt but missing",
-            ))
+            raise DatasetNotFoundError(
+                dataset_error(
+                    "PASCAL VOC 2007",
+                    self.root,
+                    incomplete,
+                    VOC_LAYOUT,
+                    VOC_OBTAIN,
+                    what=f"listed in ImageSets/Main/{image_set}.txt but missing",
+                )
+            )
         self.mask_paths: list[Path | None] = [None] * len(self.ids)
         seg_list = voc / "ImageSets" / "Segmentation" / f"{image_set}.txt"
         if segmentation and seg_list.is_file():
@@ -125,10 +131,16 @@ class VOC2007Dataset(AnnotatedImageDataset):
             self.mask_paths = [by_id.get(i) for i in self.ids]
             absent = [p for p in self.mask_paths if p is not None and not p.is_file()]
             if absent:
-                raise DatasetNotFoundError(dataset_error(
-                    "PASCAL VOC 2007", self.root, absent, VOC_LAYOUT, VOC_OBTAIN,
-                    what=f"listed in ImageSets/Segmentation/{image_set}.txt but missing",
-                ))
+                raise DatasetNotFoundError(
+                    dataset_error(
+                        "PASCAL VOC 2007",
+                        self.root,
+                        absent,
+                        VOC_LAYOUT,
+                        VOC_OBTAIN,
+                        what=f"listed in ImageSets/Segmentation/{image_set}.txt but missing",
+                    )
+                )
         elif segmentation:
             log.info("%s: no %s, so no segmentation masks", self.name, seg_list)
 
@@ -162,8 +174,11 @@ class VOC2007Dataset(AnnotatedImageDataset):
             boxes.append((xmin - 1.0, ymin - 1.0, xmax, ymax))  # 1-based inclusive -> 0-based exclusive
             classes.append(_CLASS_INDEX[name])
             difficult.append(str(obj.get("difficult", "0")).strip() == "1")
-        return (torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), torch.tensor(classes, dtype=torch.long),
-                torch.tensor(difficult, dtype=torch.bool))
+        return (
+            torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+            torch.tensor(classes, dtype=torch.long),
+            torch.tensor(difficult, dtype=torch.bool),
+        )
 
     def load(self, index: int) -> RawSample:
         image = read_image(self.images[index])
@@ -172,16 +187,24 @@ class VOC2007Dataset(AnnotatedImageDataset):
         masks = mask_classes = None
         if self.mask_paths[index] is not None:
             masks, mask_classes = self._masks(self.mask_paths[index], tuple(image.shape[-2:]))
-        return RawSample(image=image, labels=multi_hot(labelled, len(VOC_CLASSES)), boxes=boxes,
-                         box_labels=classes, difficult=difficult, masks=masks, mask_classes=mask_classes,
-                         id=self.ids[index])
+        return RawSample(
+            image=image,
+            labels=multi_hot(labelled, len(VOC_CLASSES)),
+            boxes=boxes,
+            box_labels=classes,
+            difficult=difficult,
+            masks=masks,
+            mask_classes=mask_classes,
+            id=self.ids[index],
+        )
 
     @staticmethod
     def _masks(path: Path, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         label_map = read_label_map(path)
         if label_map.shape != size:
-            raise ValueError(f"segmentation {path} is {label_map.shape[1]}x{label_map.shape[0]} but its image is "
-                             f"{size[1]}x{size[0]}")
+            raise ValueError(
+                f"segmentation {path} is {label_map.shape[1]}x{label_map.shape[0]} but its image is {size[1]}x{size[0]}"
+            )
         return label_map_masks(label_map, len(VOC_CLASSES), VOC_VOID, source=f"segmentation {path}")
 
 
@@ -239,8 +262,14 @@ class VOC2007DataModule(FileDataModule):
 
     def make_dataset(self, split: str) -> VOC2007Dataset:
         """The dataset of ``split`` (``train``, ``val`` or ``test``) with this module's settings."""
-        return VOC2007Dataset(self.root, self.image_sets[split], self.hparams.difficult_as_labels,
-                              self.hparams.segmentation, self.transform(split), self.skip_corrupt)
+        return VOC2007Dataset(
+            self.root,
+            self.image_sets[split],
+            self.hparams.difficult_as_labels,
+            self.hparams.segmentation,
+            self.transform(split),
+            self.skip_corrupt,
+        )
 
 
 __all__ = ["VOC2007DataModule", "VOC2007Dataset", "VOC_IMAGE_SETS", "resolve_voc_root"]

@@ -74,17 +74,28 @@ def classifier_options(source: str, options: list[str]) -> str | dict[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``evaluate.py`` (the ``--trainer.*`` options are parsed by :func:`build_trainer`)."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="Any --trainer.<option> of lightning.pytorch.Trainer is accepted too.")
+    parser = argparse.ArgumentParser(
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Any --trainer.<option> of lightning.pytorch.Trainer is accepted too.",
+    )
     add = parser.add_argument
     add("--data", required=True, help="data config YAML (data: {class_path, init_args}), as for train.py")
     add("--data-arg", action="append", default=[], help="data init arg override key=value")
-    add("--classifier", required=True,
+    add(
+        "--classifier",
+        required=True,
         help="the classifier: a ClassifierModule checkpoint, a TorchScript or .pt2 file, or an architecture name / "
-             "package.module:factory with --classifier-option weights=FILE")
-    add("--classifier-option", action="append", default=[], metavar="KEY=VALUE",
+        "package.module:factory with --classifier-option weights=FILE",
+    )
+    add(
+        "--classifier-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="a classifier option (YAML value): weights, output, returns, activation, mean, std, input_size, "
-             "class_names, allow_partial_weights; e.g. returns=probabilities or mean=[0.5,0.5,0.5]")
+        "class_names, allow_partial_weights; e.g. returns=probabilities or mean=[0.5,0.5,0.5]",
+    )
     add("--methods", required=True, help="comma-separated methods, e.g. explainer=<path>,rise")
     add("--option", action="append", default=[], help="method option, e.g. rise.num_masks=1000")
     add("--metrics", default="all", help=f"'all' or a comma list of {', '.join(METRIC_GROUPS)}")
@@ -93,29 +104,50 @@ def build_parser() -> argparse.ArgumentParser:
     add("--seed", type=int, default=0, help="seed of the methods' randomness")
     add("--targets", choices=["labels", "predictions"], default="labels")
     add("--insertion-step", type=int, default=None, help="pixels per insertion/deletion step")
-    add("--tie-order", choices=["rise", "raster"], default="rise",
-        help="order of tied pixels in insertion/deletion (rise: RISE's reference code)")
-    add("--saliency-mode", choices=["paper", "pairs"], default="paper",
-        help="saliency metric: one merged mask per image with softmax (the Explainer paper) or per pair")
+    add(
+        "--tie-order",
+        choices=["rise", "raster"],
+        default="rise",
+        help="order of tied pixels in insertion/deletion (rise: RISE's reference code)",
+    )
+    add(
+        "--saliency-mode",
+        choices=["paper", "pairs"],
+        default="paper",
+        help="saliency metric: one merged mask per image with softmax (the Explainer paper) or per pair",
+    )
     add("--pointing-tolerance", type=float, default=None, help="pointing-game radius in pixels")
     add("--difficult-list", default=None, help="the published per-image 'difficult' list of the pointing game")
     add("--resume", action="store_true", help="reuse the rows of methods already evaluated")
     add("--overwrite", action="store_true", help="replace results written under other settings")
-    add("--layer", default=None, help="ML-Att: comma list of layers for the gradient methods and Grad-CAM "
-                                      "(input, middle, final or a module name)")
+    add(
+        "--layer",
+        default=None,
+        help="ML-Att: comma list of layers for the gradient methods and Grad-CAM "
+        "(input, middle, final or a module name)",
+    )
     add("--smooth", type=int, default=None, metavar="K", help="smooth every map with a Gaussian of odd kernel K")
-    add("--protocol", choices=PROTOCOLS.names(), default=None,
-        help="evaluate on grids of the test split under this protocol (localisation score)")
+    add(
+        "--protocol",
+        choices=PROTOCOLS.names(),
+        default=None,
+        help="evaluate on grids of the test split under this protocol (localisation score)",
+    )
     add("--grid-size", type=int, default=2, help="n of the n x n grids (with --protocol)")
     add("--confidence", type=float, default=0.99, help="least classifier confidence of a grid cell's image")
     add("--device", default="auto", help="one device: auto, cpu, cuda, cuda:1 (short for --trainer.*)")
-    add("--devices", default=None, help="several devices, one process each: a count (2), cpu:N or cuda:0,cuda:1 "
-                                        "(short for --trainer.devices/--trainer.strategy)")
+    add(
+        "--devices",
+        default=None,
+        help="several devices, one process each: a count (2), cpu:N or cuda:0,cuda:1 "
+        "(short for --trainer.devices/--trainer.strategy)",
+    )
     return parser
 
 
 def device_options(device: str, devices: str | None) -> list[str]:
     """``--device`` / ``--devices`` as ``--trainer.*`` arguments."""
+
     def trainer(accelerator: str, count: Any, strategy: str | None = None) -> list[str]:
         out = ["--trainer.accelerator", accelerator, "--trainer.devices", str(count)]
         return out + (["--trainer.strategy", strategy] if strategy else [])
@@ -132,8 +164,9 @@ def device_options(device: str, devices: str | None) -> list[str]:
             ids = [int(item.partition(":")[2] or 0) for item in text.split(",")]
             if len(set(ids)) == len(ids):
                 return trainer("gpu", json.dumps(ids), "ddp" if len(ids) > 1 else None)
-        raise ValueError(f"--devices '{devices}': use a count (2), cpu:N (N CPU processes) or a list of GPUs "
-                         "(cuda:0,cuda:1)")
+        raise ValueError(
+            f"--devices '{devices}': use a count (2), cpu:N (N CPU processes) or a list of GPUs (cuda:0,cuda:1)"
+        )
     if device == "auto":
         return []
     if device == "cpu":
@@ -147,9 +180,14 @@ def _parser_for(out: Path) -> LightningArgumentParser:
     parser = LightningArgumentParser(prog="evaluate.py")
     parser.add_class_arguments(pl.Trainer, "trainer", fail_untyped=False, instantiate=False, sub_configs=True)
     parser.add_subclass_arguments(pl.LightningDataModule, "data", required=True)
-    parser.set_defaults({"trainer.logger": default_logger(save_dir=str(out), name="logs"),
-                         "trainer.default_root_dir": str(out), "trainer.enable_model_summary": False,
-                         "trainer.enable_checkpointing": False})
+    parser.set_defaults(
+        {
+            "trainer.logger": default_logger(save_dir=str(out), name="logs"),
+            "trainer.default_root_dir": str(out),
+            "trainer.enable_model_summary": False,
+            "trainer.enable_checkpointing": False,
+        }
+    )
     return parser
 
 
@@ -158,17 +196,21 @@ def build_trainer_and_data(data: dict[str, Any], trainer_args: list[str], out: P
     be a LightningDataModule), both validated by jsonargparse as ``train.py`` does."""
     unknown = [a for a in trainer_args if a.startswith("-") and not a.startswith("--trainer.")]
     if unknown:
-        raise ValueError(f"unknown option(s) {unknown}; evaluate.py takes its own options (see --help) and "
-                         "--trainer.<option> for the Lightning Trainer")
+        raise ValueError(
+            f"unknown option(s) {unknown}; evaluate.py takes its own options (see --help) and "
+            "--trainer.<option> for the Lightning Trainer"
+        )
     parser = _parser_for(out)
     config = parser.parse_args(["--data", json.dumps(data), *trainer_args])
     init = parser.instantiate(config)
     options = {k: v for k, v in dict(init.trainer).items() if k not in TRAINER_FORCED}
     trainer = pl.Trainer(**options, **TRAINER_FORCED)
     if isinstance(trainer.strategy.launcher, _MultiProcessingLauncher):
-        raise ValueError(f"--trainer.strategy {config.trainer.strategy}: evaluate.py needs every process to run "
-                         "the script (its rows stay in the process that computed them); use --trainer.strategy "
-                         "ddp, torchrun or srun")
+        raise ValueError(
+            f"--trainer.strategy {config.trainer.strategy}: evaluate.py needs every process to run "
+            "the script (its rows stay in the process that computed them); use --trainer.strategy "
+            "ddp, torchrun or srun"
+        )
     return trainer, init.data
 
 
@@ -195,13 +237,15 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     if args.limit is not None and args.limit < 1:
-        parser.error(f"--limit must be a positive number of images, got {args.limit} (leave it out for the "
-                     "whole test split)")
+        parser.error(
+            f"--limit must be a positive number of images, got {args.limit} (leave it out for the whole test split)"
+        )
     if args.smooth is not None and (args.smooth < 1 or args.smooth % 2 == 0):
         parser.error(f"--smooth needs a positive odd kernel size, got {args.smooth}")
     if args.protocol is not None and args.metrics not in ("all", "localisation"):
-        parser.error(f"under --protocol the metric is the localisation score ('all' or 'localisation'), got "
-                     f"'{args.metrics}'")
+        parser.error(
+            f"under --protocol the metric is the localisation score ('all' or 'localisation'), got '{args.metrics}'"
+        )
     try:
         methods = parse_methods(args.methods, args.option)
         metrics = ["localisation"] if args.protocol else parse_metrics(args.metrics)
@@ -211,10 +255,16 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     out = Path(args.out)
     spec = data_spec(args.data, args.data_arg)
     trainer, datamodule = build_trainer_and_data(spec, [*shorthand, *rest], out)
-    settings = EvaluationSettings(metrics=metrics, targets=args.targets, limit=args.limit,
-                                  pointing_tolerance=args.pointing_tolerance, difficult_list=args.difficult_list,
-                                  insertion_step=args.insertion_step, tie_order=args.tie_order,
-                                  saliency_mode=args.saliency_mode)
+    settings = EvaluationSettings(
+        metrics=metrics,
+        targets=args.targets,
+        limit=args.limit,
+        pointing_tolerance=args.pointing_tolerance,
+        difficult_list=args.difficult_list,
+        insertion_step=args.insertion_step,
+        tie_order=args.tie_order,
+        saliency_mode=args.saliency_mode,
+    )
     try:
         classifier_spec = classifier_options(args.classifier, args.classifier_option)
     except ValueError as error:
@@ -225,19 +275,36 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     check_class_names(classifier, getattr(datamodule, "class_names", None), datamodule.num_classes)
     if hasattr(datamodule, "mean"):
         classifier.set_data_normalization(datamodule.mean, datamodule.std)
-    record = {"classifier": classifier_spec, "classifier_sha256": state_hash(classifier), "data": spec,
-              "metrics": metrics, "targets": args.targets, "limit": args.limit, "seed": args.seed,
-              "pointing_tolerance": args.pointing_tolerance or "per image (15 px, or 15/224 of the shorter side)",
-              "difficult": f"list {args.difficult_list}" if args.difficult_list else "coverage rule",
-              "tie_order": args.tie_order, "saliency_mode": args.saliency_mode,
-              "insertion_step": args.insertion_step, "protocol": args.protocol,
-              "precision": str(trainer.precision)}
+    record = {
+        "classifier": classifier_spec,
+        "classifier_sha256": state_hash(classifier),
+        "data": spec,
+        "metrics": metrics,
+        "targets": args.targets,
+        "limit": args.limit,
+        "seed": args.seed,
+        "pointing_tolerance": args.pointing_tolerance or "per image (15 px, or 15/224 of the shorter side)",
+        "difficult": f"list {args.difficult_list}" if args.difficult_list else "coverage rule",
+        "tie_order": args.tie_order,
+        "saliency_mode": args.saliency_mode,
+        "insertion_step": args.insertion_step,
+        "protocol": args.protocol,
+        "precision": str(trainer.precision),
+    }
     if args.protocol is not None:
         protocol = get_protocol(args.protocol)
         record.update(grid_size=args.grid_size, confidence=args.confidence, targets=protocol.explained(args.grid_size))
-        datamodule = GridDataModule(datamodule, args.classifier, protocol=args.protocol, grid_size=args.grid_size,
-                                    confidence=args.confidence, test_grids=args.limit or 200, seed=args.seed,
-                                    batch_size=datamodule.batch_size, num_workers=datamodule.num_workers)
+        datamodule = GridDataModule(
+            datamodule,
+            args.classifier,
+            protocol=args.protocol,
+            grid_size=args.grid_size,
+            confidence=args.confidence,
+            test_grids=args.limit or 200,
+            seed=args.seed,
+            batch_size=datamodule.batch_size,
+            num_workers=datamodule.num_workers,
+        )
         settings.limit = None  # --limit is the number of grids
         classifier = wrap_for_protocol(datamodule.classifier(), args.protocol, args.grid_size)
     rows = previous_rows(out, args.resume, record, overwrite=args.overwrite)
@@ -245,10 +312,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     console = Console(quiet=not trainer.is_global_zero)
     if args.protocol is not None:
         datamodule.setup("test")
-        console.print(f"{args.protocol}: {len(datamodule.datasets['test'])} {args.grid_size}x{args.grid_size} "
-                      f"grids, cell images at confidence >= {datamodule.thresholds['test']}")
-    outcome = evaluate_plan(plan, trainer, classifier, datamodule, out, rows, record, args.protocol,
-                            args.grid_size, args.seed, console)
+        console.print(
+            f"{args.protocol}: {len(datamodule.datasets['test'])} {args.grid_size}x{args.grid_size} "
+            f"grids, cell images at confidence >= {datamodule.thresholds['test']}"
+        )
+    outcome = evaluate_plan(
+        plan, trainer, classifier, datamodule, out, rows, record, args.protocol, args.grid_size, args.seed, console
+    )
     return outcome.rows
 
 

@@ -16,8 +16,9 @@ from explainer.protocols.aggatt import AGGATT_PERCENTILES, aggatt_bins, draw_agg
 from explainer.viz import as_rgb, save_figure  # noqa: E402
 
 
-def save_example_grid(examples: dict[str, dict[str, Tensor]], datamodule: Any, path: Path,
-                      class_names: list[str] | None = None) -> Path:
+def save_example_grid(
+    examples: dict[str, dict[str, Tensor]], datamodule: Any, path: Path, class_names: list[str] | None = None
+) -> Path:
     """A PNG grid: one row per method, the maps of each example image's first explained class."""
     methods = list(examples)
     first = examples[methods[0]]
@@ -27,8 +28,9 @@ def save_example_grid(examples: dict[str, dict[str, Tensor]], datamodule: Any, p
     for j in range(cols):
         axes[0, j].imshow(rgb[j])
         cls = int(first["classes"][j, 0])
-        axes[0, j].set_title(f"class {class_names[cls] if class_names and 0 <= cls < len(class_names) else cls}",
-                             fontsize=7)
+        axes[0, j].set_title(
+            f"class {class_names[cls] if class_names and 0 <= cls < len(class_names) else cls}", fontsize=7
+        )
     for i, name in enumerate(methods, start=1):
         maps = examples[name]["maps"]
         for j in range(min(cols, len(maps))):
@@ -70,20 +72,28 @@ def save_score_boxplot(distributions: dict[str, Tensor], path: Path, protocol: s
     return save_figure(fig, path)
 
 
-def save_aggatt_figures(aggregates: dict[str, Tensor], out: Path, grid_size: int, protocol: str,
-                        cell: int = 0) -> list[Path]:
+def save_aggatt_figures(
+    aggregates: dict[str, Tensor], out: Path, grid_size: int, protocol: str, cell: int = 0
+) -> list[Path]:
     """``aggatt/<method>.png`` per method and ``aggatt.png`` with every method as a row; the bins of a method
     share one colour scale (its 99.5th percentile), so methods of different units stay comparable in shape."""
     paths = []
     for name, bins in aggregates.items():
         safe = "".join(ch if ch.isalnum() or ch in "-_.@+" else "_" for ch in name)
-        paths.append(save_aggatt(bins, out / "aggatt" / f"{safe}.png", grid_size, cell,
-                                 title=f"{name}, {protocol} (cell {cell})"))
+        paths.append(
+            save_aggatt(
+                bins, out / "aggatt" / f"{safe}.png", grid_size, cell, title=f"{name}, {protocol} (cell {cell})"
+            )
+        )
     if not aggregates:
         return paths
     names = list(aggregates)
-    fig, axes = plt.subplots(len(names), len(AGGATT_PERCENTILES) - 1, squeeze=False,
-                             figsize=(1.5 * (len(AGGATT_PERCENTILES) - 1) + 1.2, 1.5 * len(names)))
+    fig, axes = plt.subplots(
+        len(names),
+        len(AGGATT_PERCENTILES) - 1,
+        squeeze=False,
+        figsize=(1.5 * (len(AGGATT_PERCENTILES) - 1) + 1.2, 1.5 * len(names)),
+    )
     for i, name in enumerate(names):
         draw_aggatt_row(axes[i], aggregates[name], grid_size, cell, percentiles=AGGATT_PERCENTILES if i == 0 else None)
         axes[i, 0].set_ylabel(name, fontsize=7, rotation=0, ha="right", va="center")

@@ -63,8 +63,16 @@ class AttributionEvaluation(pl.LightningModule):
         grid_size: ``n`` of the ``n x n`` grids.
     """
 
-    def __init__(self, name: str, method: AttributionMethod, classifier: nn.Module | None, datamodule: Any,
-                 settings: EvaluationSettings, protocol: str | None = None, grid_size: int = 2) -> None:
+    def __init__(
+        self,
+        name: str,
+        method: AttributionMethod,
+        classifier: nn.Module | None,
+        datamodule: Any,
+        settings: EvaluationSettings,
+        protocol: str | None = None,
+        grid_size: int = 2,
+    ) -> None:
         super().__init__()
         self.name = name
         self.method = method
@@ -102,9 +110,14 @@ class AttributionEvaluation(pl.LightningModule):
         rank = self.global_rank if self._trainer is not None else 0
         dm = self.source_module
         workers = int(getattr(dm, "num_workers", 0))
-        return SkipReportingLoader(dataset, batch_sampler=ShardedBatches(len(dataset), dm.batch_size, rank, world),
-                                   num_workers=workers, pin_memory=bool(getattr(dm, "pin_memory", False)),
-                                   persistent_workers=False, collate_fn=collate)
+        return SkipReportingLoader(
+            dataset,
+            batch_sampler=ShardedBatches(len(dataset), dm.batch_size, rank, world),
+            num_workers=workers,
+            pin_memory=bool(getattr(dm, "pin_memory", False)),
+            persistent_workers=False,
+            collate_fn=collate,
+        )
 
     def _first_batch(self) -> Batch:
         """The first batch a single process would see (every rank decides the metrics from it alike)."""
@@ -190,15 +203,24 @@ class AttributionEvaluation(pl.LightningModule):
 
     def _keep_examples(self, inputs: StepInputs) -> None:
         keep = min(EXAMPLES, len(inputs.images))
-        self.examples = {"images": inputs.images[:keep].float().cpu(), "maps": inputs.unit_maps[:keep].cpu(),
-                         "classes": inputs.classes[:keep].cpu()}
+        self.examples = {
+            "images": inputs.images[:keep].float().cpu(),
+            "maps": inputs.unit_maps[:keep].cpu(),
+            "classes": inputs.classes[:keep].cpu(),
+        }
         valid = inputs.classes[:keep, :1] >= 0
         if self.protocol is None and self.classifier is not None and bool(valid.any()):
-            curves = insertion_deletion_curves(self.classifier, inputs.images[:keep], inputs.unit_maps[:keep, :1],
-                                               inputs.classes[:keep, :1], step=self.settings.insertion_step,
-                                               tie_order=self.settings.tie_order)
-            self.curves = {mode: curves[mode][valid[:, 0], 0].float().mean(0).cpu()
-                           for mode in ("insertion", "deletion")}
+            curves = insertion_deletion_curves(
+                self.classifier,
+                inputs.images[:keep],
+                inputs.unit_maps[:keep, :1],
+                inputs.classes[:keep, :1],
+                step=self.settings.insertion_step,
+                tie_order=self.settings.tie_order,
+            )
+            self.curves = {
+                mode: curves[mode][valid[:, 0], 0].float().mean(0).cpu() for mode in ("insertion", "deletion")
+            }
 
     # -- rows ---------------------------------------------------------------------------------------------
     def on_test_epoch_end(self) -> None:
@@ -228,12 +250,28 @@ class AttributionEvaluation(pl.LightningModule):
                 metric_name = f"{self.protocol}.{key}" if self.protocol else f"{name}.{key}"
                 if key == "accuracy_difficult":  # which "difficult" subset: the rule or a published list
                     metric_name += f"[{metric.difficult_source}]"
-                rows.append({"method": self.name, "metric": metric_name, "value": float(values[key]), "n": n,
-                             "stderr": error, "targets": targets})
+                rows.append(
+                    {
+                        "method": self.name,
+                        "metric": metric_name,
+                        "value": float(values[key]),
+                        "n": n,
+                        "stderr": error,
+                        "targets": targets,
+                    }
+                )
         images = int(totals["images"])
         per_image = totals["seconds"] / max(images, 1)
-        rows.append({"method": self.name, "metric": "seconds_per_image", "value": per_image, "n": images,
-                     "stderr": None, "targets": targets})
+        rows.append(
+            {
+                "method": self.name,
+                "metric": "seconds_per_image",
+                "value": per_image,
+                "n": images,
+                "stderr": None,
+                "targets": targets,
+            }
+        )
         self.rows = rows
         if self.protocol is not None:
             self.kept = {k: v.cpu() for k, v in self.kept_maps.compute().items()}

@@ -45,8 +45,9 @@ def parse_methods(spec: str, options: list[str]) -> dict[str, dict[str, Any]]:
             raise ValueError(f"unknown method '{name}'; valid methods: {', '.join(available_methods())}")
         value_option = method_class(name).value_option
         if value and value_option is None:
-            raise ValueError(f"method '{name}' takes no value ('{item}'); set its options with --option "
-                             f"{name}.<option>=<value>")
+            raise ValueError(
+                f"method '{name}' takes no value ('{item}'); set its options with --option {name}.<option>=<value>"
+            )
         methods[name] = {value_option: value} if value else {}
     for option in options:
         key, _, value = option.partition("=")
@@ -64,8 +65,9 @@ def parse_layers(spec: str | None) -> list[str] | None:
     return [s.strip() for s in spec.split(",") if s.strip()] if spec else None
 
 
-def expand_methods(methods: dict[str, dict[str, Any]], layers: list[str] | None, smooth: int | None
-                   ) -> list[tuple[str, str, dict[str, Any], list[str]]]:
+def expand_methods(
+    methods: dict[str, dict[str, Any]], layers: list[str] | None, smooth: int | None
+) -> list[tuple[str, str, dict[str, Any], list[str]]]:
     """``(row name, method name, options, notes)`` for every method at every requested layer.
 
     A method without a layer form (its class's ``layer_forms``) runs once, at the input, with a note; a
@@ -93,20 +95,31 @@ def expand_methods(methods: dict[str, dict[str, Any]], layers: list[str] | None,
             if smooth is not None:
                 if method_class(name).wraps_method:
                     raise ValueError("--smooth cannot be combined with the 'smooth' method; use one of them")
-                out.append((f"{row}+smooth{smooth}", "smooth",
-                            {"method": name, "kernel_size": int(smooth), "options": opts}, notes))
+                out.append(
+                    (
+                        f"{row}+smooth{smooth}",
+                        "smooth",
+                        {"method": name, "kernel_size": int(smooth), "options": opts},
+                        notes,
+                    )
+                )
             else:
                 out.append((row, name, opts, notes))
             notes = []
     return out
 
 
-def make_plan(methods: dict[str, dict[str, Any]], settings: EvaluationSettings, layers: list[str] | None = None,
-              smooth: int | None = None) -> list[MethodRun]:
+def make_plan(
+    methods: dict[str, dict[str, Any]],
+    settings: EvaluationSettings,
+    layers: list[str] | None = None,
+    smooth: int | None = None,
+) -> list[MethodRun]:
     """Every method variant as a :class:`MethodRun` under ``settings``."""
-    return [MethodRun(row, name, options, settings, notes)
-            for row, name, options, notes in expand_methods(methods, layers, smooth)]
+    return [
+        MethodRun(row, name, options, settings, notes)
+        for row, name, options, notes in expand_methods(methods, layers, smooth)
+    ]
 
 
-__all__ = ["MethodRun", "expand_methods", "make_plan",
-           "parse_layers", "parse_methods"]
+__all__ = ["MethodRun", "expand_methods", "make_plan", "parse_layers", "parse_methods"]

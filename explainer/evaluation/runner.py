@@ -43,9 +43,19 @@ class Outcome:
     figures: list[Path] = field(default_factory=list)
 
 
-def evaluate_plan(plan: list[MethodRun], trainer: pl.Trainer, classifier: nn.Module, datamodule: Any, out: Path,
-                  rows: list[dict[str, Any]], settings: dict[str, Any] | None = None, protocol: str | None = None,
-                  grid_size: int = 2, seed: int = 0, console: Console | None = None) -> Outcome:
+def evaluate_plan(
+    plan: list[MethodRun],
+    trainer: pl.Trainer,
+    classifier: nn.Module,
+    datamodule: Any,
+    out: Path,
+    rows: list[dict[str, Any]],
+    settings: dict[str, Any] | None = None,
+    protocol: str | None = None,
+    grid_size: int = 2,
+    seed: int = 0,
+    console: Console | None = None,
+) -> Outcome:
     """Evaluates every run of ``plan`` whose row name is not in ``rows`` yet; writes results and figures.
 
     Args:
@@ -88,8 +98,9 @@ def evaluate_plan(plan: list[MethodRun], trainer: pl.Trainer, classifier: nn.Mod
             outcome.curves[run.row] = module.curves
         if protocol is not None and module.distribution is not None:
             outcome.distributions[run.row] = module.distribution
-            outcome.aggatt[run.row] = aggatt_of(module.kept, tuple(module.examples["images"].shape[-2:])
-                                                if module.examples else (1, 1))
+            outcome.aggatt[run.row] = aggatt_of(
+                module.kept, tuple(module.examples["images"].shape[-2:]) if module.examples else (1, 1)
+            )
         if zero:
             write_results(outcome.rows, out, settings)
             if protocol is not None:
@@ -102,12 +113,16 @@ def evaluate_plan(plan: list[MethodRun], trainer: pl.Trainer, classifier: nn.Mod
     return outcome
 
 
-def _figures(outcome: Outcome, plan: list[MethodRun], datamodule: Any, out: Path, protocol: str | None,
-             grid_size: int) -> list[Path]:
+def _figures(
+    outcome: Outcome, plan: list[MethodRun], datamodule: Any, out: Path, protocol: str | None, grid_size: int
+) -> list[Path]:
     paths = []
     if outcome.examples:
-        paths.append(save_example_grid(outcome.examples, datamodule, out / "examples.png",
-                                       getattr(datamodule, "class_names", None)))
+        paths.append(
+            save_example_grid(
+                outcome.examples, datamodule, out / "examples.png", getattr(datamodule, "class_names", None)
+            )
+        )
     if outcome.curves:
         paths.append(save_curves(outcome.curves, out / "curves.png"))
     if protocol is not None and outcome.distributions:
@@ -133,8 +148,10 @@ def _saved_distributions(out: Path, methods: set[str]) -> tuple[dict[str, Tensor
     if not methods or not path.exists():
         return {}, {}
     saved = torch.load(path, weights_only=True)
-    return ({k: v for k, v in saved["scores"].items() if k in methods},
-            {k: v for k, v in saved["aggatt"].items() if k in methods})
+    return (
+        {k: v for k, v in saved["scores"].items() if k in methods},
+        {k: v for k, v in saved["aggatt"].items() if k in methods},
+    )
 
 
 def log_outcome(trainer: pl.Trainer, outcome: Outcome) -> None:
@@ -143,8 +160,9 @@ def log_outcome(trainer: pl.Trainer, outcome: Outcome) -> None:
     columns = ["method", "metric", "value", "n", "stderr", "targets"]
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger):
-            logger.log_table(key="evaluation/results", columns=columns,
-                             data=[[r[c] for c in columns] for r in outcome.rows])
+            logger.log_table(
+                key="evaluation/results", columns=columns, data=[[r[c] for c in columns] for r in outcome.rows]
+            )
             for path in outcome.figures:
                 logger.log_image(key=f"evaluation/{path.stem}", images=[str(path)])
         else:

@@ -112,8 +112,10 @@ class KeptMaps(Metric):
         index = cat(self.index)
         order = torch.argsort(index, stable=True)
         maps = cat(self.maps)
-        return {"maps": maps.reshape(-1, *maps.shape[-2:])[order] if maps.numel() else maps,
-                "scores": cat(self.scores)[order]}
+        return {
+            "maps": maps.reshape(-1, *maps.shape[-2:])[order] if maps.numel() else maps,
+            "scores": cat(self.scores)[order],
+        }
 
 
 __all__ = ["BatchMoments", "KeptMaps", "ShardedBatches", "Totals"]

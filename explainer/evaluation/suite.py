@@ -141,42 +141,96 @@ class MetricSpec:
         return True
 
 
-def _spec(name: str, build: Callable[[SuiteContext], Metric], arguments: Callable[[StepInputs], tuple[Any, ...]],
-          better: dict[str, bool | None], **kwargs: Any) -> MetricSpec:
+def _spec(
+    name: str,
+    build: Callable[[SuiteContext], Metric],
+    arguments: Callable[[StepInputs], tuple[Any, ...]],
+    better: dict[str, bool | None],
+    **kwargs: Any,
+) -> MetricSpec:
     return MetricSpec(name, build, arguments, tuple(better), better, **kwargs)
 
 
-SPECS: dict[str, MetricSpec] = {s.name: s for s in (
-    _spec("pointing_game",
-          lambda c: PointingGame(c.num_classes, source=c.source, tolerance=c.settings.pointing_tolerance,
-                                 difficult_list=c.settings.difficult_list),
-          lambda s: (s.maps, s.batch, s.classes),
-          {"accuracy": True, "accuracy_difficult": True, "hit_rate": True, "invalid": None},
-          needs="ground_truth"),
-    _spec("energy_pointing_game", lambda c: EnergyPointingGame(c.num_classes, source=c.source),
-          lambda s: (s.maps, s.batch, s.classes), {"energy": True, "invalid": None}, needs="ground_truth"),
-    _spec("segmentation", lambda c: SegmentationMetrics(source=c.source),
-          lambda s: (s.unit_maps, s.batch, s.classes),
-          {"mean_f1": True, "c_f1": True, "acc": True, "d_iou": True, "c_iou": True, "auc": True, "overlap": True,
-           "background_coverage": False, "object_coverage": True, "invalid": None}, needs="ground_truth"),
-    _spec("box_iou", lambda c: SegmentationMetrics(source="boxes"),
-          lambda s: (s.unit_maps, s.batch, s.classes), {"c_iou": True, "d_iou": True, "invalid": None},
-          needs="boxes"),
-    _spec("saliency", lambda c: SaliencyMetric(c.classifier, mode=c.settings.saliency_mode,
-                                          activation="softmax" if c.activation == "softmax" else None),
-          lambda s: (s.images, s.unit_maps, s.classes), {"saliency": False, "invalid": None}),
-    _spec("insertion_deletion",
-          lambda c: InsertionDeletion(c.classifier, step=c.settings.insertion_step, tie_order=c.settings.tie_order,
-                                      activation=c.activation),
-          lambda s: (s.images, s.maps, s.classes), {"insertion": True, "deletion": False, "invalid": None}),
-    _spec("class_specificity", lambda c: ClassSpecificity(c.classifier, activation=c.activation),
-          lambda s: (s.images, s.all_masks, s.targets),
-          {"unmasked": None, "own_mask": True, "other_present_mask": False, "absent_mask": False, "invalid": None},
-          all_masks=True),
-    _spec("localisation", lambda c: LocalisationScore(c.grid_size), lambda s: (s.maps, s.cells),
-          {"mean": True, "median": True, "q1": True, "q3": True, "invalid": None}, needs="cells",
-          stderr="samples"),
-)}
+SPECS: dict[str, MetricSpec] = {
+    s.name: s
+    for s in (
+        _spec(
+            "pointing_game",
+            lambda c: PointingGame(
+                c.num_classes,
+                source=c.source,
+                tolerance=c.settings.pointing_tolerance,
+                difficult_list=c.settings.difficult_list,
+            ),
+            lambda s: (s.maps, s.batch, s.classes),
+            {"accuracy": True, "accuracy_difficult": True, "hit_rate": True, "invalid": None},
+            needs="ground_truth",
+        ),
+        _spec(
+            "energy_pointing_game",
+            lambda c: EnergyPointingGame(c.num_classes, source=c.source),
+            lambda s: (s.maps, s.batch, s.classes),
+            {"energy": True, "invalid": None},
+            needs="ground_truth",
+        ),
+        _spec(
+            "segmentation",
+            lambda c: SegmentationMetrics(source=c.source),
+            lambda s: (s.unit_maps, s.batch, s.classes),
+            {
+                "mean_f1": True,
+                "c_f1": True,
+                "acc": True,
+                "d_iou": True,
+                "c_iou": True,
+                "auc": True,
+                "overlap": True,
+                "background_coverage": False,
+                "object_coverage": True,
+                "invalid": None,
+            },
+            needs="ground_truth",
+        ),
+        _spec(
+            "box_iou",
+            lambda c: SegmentationMetrics(source="boxes"),
+            lambda s: (s.unit_maps, s.batch, s.classes),
+            {"c_iou": True, "d_iou": True, "invalid": None},
+            needs="boxes",
+        ),
+        _spec(
+            "saliency",
+            lambda c: SaliencyMetric(
+                c.classifier, mode=c.settings.saliency_mode, activation="softmax" if c.activation == "softmax" else None
+            ),
+            lambda s: (s.images, s.unit_maps, s.classes),
+            {"saliency": False, "invalid": None},
+        ),
+        _spec(
+            "insertion_deletion",
+            lambda c: InsertionDeletion(
+                c.classifier, step=c.settings.insertion_step, tie_order=c.settings.tie_order, activation=c.activation
+            ),
+            lambda s: (s.images, s.maps, s.classes),
+            {"insertion": True, "deletion": False, "invalid": None},
+        ),
+        _spec(
+            "class_specificity",
+            lambda c: ClassSpecificity(c.classifier, activation=c.activation),
+            lambda s: (s.images, s.all_masks, s.targets),
+            {"unmasked": None, "own_mask": True, "other_present_mask": False, "absent_mask": False, "invalid": None},
+            all_masks=True,
+        ),
+        _spec(
+            "localisation",
+            lambda c: LocalisationScore(c.grid_size),
+            lambda s: (s.maps, s.cells),
+            {"mean": True, "median": True, "q1": True, "q3": True, "invalid": None},
+            needs="cells",
+            stderr="samples",
+        ),
+    )
+}
 METRIC_GROUPS = tuple(name for name, spec in SPECS.items() if spec.needs != "cells")
 """The metric groups of natural images (``--metrics all``); ``localisation`` is the grid protocols' score."""
 
@@ -201,8 +255,7 @@ def ground_truth_source(batch: Batch) -> str | None:
 
 def build_suite(names: Iterable[str], context: SuiteContext, has_boxes: bool) -> dict[str, Metric]:
     """The metrics of ``names`` that the ground truth allows (the others are left out), by group name."""
-    return {name: SPECS[name].build(context) for name in names
-            if SPECS[name].available(context.source, has_boxes)}
+    return {name: SPECS[name].build(context) for name in names if SPECS[name].available(context.source, has_boxes)}
 
 
 def unit_maps(maps: Tensor, unit_range: bool) -> Tensor:

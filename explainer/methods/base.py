@@ -92,8 +92,10 @@ def register_method(cls: type[AttributionMethod]) -> type[AttributionMethod]:
         raise ValueError(f"method '{cls.name}' declares cost {cls.cost!r}; expected one of {', '.join(COSTS)}")
     unknown = set(cls.layer_forms) - set(LAYER_FORMS)
     if unknown:
-        raise ValueError(f"method '{cls.name}' declares unknown layer forms {sorted(unknown)}; "
-                         f"expected some of {', '.join(LAYER_FORMS)}")
+        raise ValueError(
+            f"method '{cls.name}' declares unknown layer forms {sorted(unknown)}; "
+            f"expected some of {', '.join(LAYER_FORMS)}"
+        )
     return METHODS.add(cls.name, cls)
 
 

@@ -167,8 +167,8 @@ def layer_by_role(classifier: nn.Module, layer: str | None) -> str | None:
         prefix, net = "net.", net.net
     feats = getattr(net, "features", None)
     if not isinstance(feats, nn.Sequential) or len(feats) < 2:
-        raise ValueError(f"cannot choose a middle layer for {type(classifier).__name__}; pass a layer name, one "
-                         f"of: {', '.join(named_layers(classifier))}")
+        raise ValueError(
+            f"cannot choose a middle layer for {type(classifier).__name__}; pass a layer name, one "
+            f"of: {', '.join(named_layers(classifier))}"
+        )
     return f"{prefix}features.{len(feats) // 2 - 1}"
-
-

@@ -170,11 +170,24 @@ class ExtremalPerturbation(AttributionMethod):
     cost = "optimisation"
     needs_grad = True
 
-    def __init__(self, classifier: nn.Module | None = None, areas: Sequence[float] = (0.05, 0.1, 0.2, 0.3),
-                 variant: str = "preserve", iterations: int = 800, lr: float = 0.01, momentum: float = 0.9,
-                 area_weight: float = 300.0, area_growth: float = 1.0035, stride: float = 7.0,
-                 sigma: float = 21.0, max_blur: float = 20.0, levels: int = 8,
-                 smooth_max_temperature: float = 0.05, activation: str = "sigmoid", batch_size: int = 64) -> None:
+    def __init__(
+        self,
+        classifier: nn.Module | None = None,
+        areas: Sequence[float] = (0.05, 0.1, 0.2, 0.3),
+        variant: str = "preserve",
+        iterations: int = 800,
+        lr: float = 0.01,
+        momentum: float = 0.9,
+        area_weight: float = 300.0,
+        area_growth: float = 1.0035,
+        stride: float = 7.0,
+        sigma: float = 21.0,
+        max_blur: float = 20.0,
+        levels: int = 8,
+        smooth_max_temperature: float = 0.05,
+        activation: str = "sigmoid",
+        batch_size: int = 64,
+    ) -> None:
         super().__init__(classifier)
         if classifier is None:
             raise ValueError("extremal perturbations need the classifier to explain")

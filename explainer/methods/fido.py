@@ -52,9 +52,21 @@ class _MaskOptimisation(AttributionMethod):
     needs_grad = True
     unit_range = True
 
-    def __init__(self, classifier: nn.Module | None, objective: str, infill: str | Infill, iterations: int,
-                 lr: float, samples: int, area_weight: float, ramp_iterations: int,
-                 grid_size: int | None, activation: str, batch_size: int, seed: int) -> None:
+    def __init__(
+        self,
+        classifier: nn.Module | None,
+        objective: str,
+        infill: str | Infill,
+        iterations: int,
+        lr: float,
+        samples: int,
+        area_weight: float,
+        ramp_iterations: int,
+        grid_size: int | None,
+        activation: str,
+        batch_size: int,
+        seed: int,
+    ) -> None:
         super().__init__(classifier)
         if classifier is None:
             raise ValueError(f"{type(self).__name__} needs the classifier to explain")
@@ -170,12 +182,36 @@ class FIDO(_MaskOptimisation):
     name = "fido"
     cost = "optimisation"
 
-    def __init__(self, classifier: nn.Module | None = None, objective: str = "ssr", infill: str | Infill = "blur",
-                 iterations: int = 300, lr: float = 0.05, samples: int = 8, area_weight: float = 1e-3,
-                 ramp_iterations: int = 30, temperature: float = 0.1, grid_size: int | None = None,
-                 activation: str = "sigmoid", batch_size: int = 512, seed: int = 0) -> None:
-        super().__init__(classifier, objective, infill, iterations, lr, samples, area_weight, ramp_iterations,
-                         grid_size, activation, batch_size, seed)
+    def __init__(
+        self,
+        classifier: nn.Module | None = None,
+        objective: str = "ssr",
+        infill: str | Infill = "blur",
+        iterations: int = 300,
+        lr: float = 0.05,
+        samples: int = 8,
+        area_weight: float = 1e-3,
+        ramp_iterations: int = 30,
+        temperature: float = 0.1,
+        grid_size: int | None = None,
+        activation: str = "sigmoid",
+        batch_size: int = 512,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            classifier,
+            objective,
+            infill,
+            iterations,
+            lr,
+            samples,
+            area_weight,
+            ramp_iterations,
+            grid_size,
+            activation,
+            batch_size,
+            seed,
+        )
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.temperature = float(temperature)
@@ -216,12 +252,34 @@ class BBMP(_MaskOptimisation):
     name = "bbmp"
     cost = "optimisation"
 
-    def __init__(self, classifier: nn.Module | None = None, objective: str = "ssr", infill: str | Infill = "blur",
-                 iterations: int = 300, lr: float = 0.05, area_weight: float = 1e-3, ramp_iterations: int = 30,
-                 grid_size: int | None = None, activation: str = "sigmoid", batch_size: int = 512,
-                 seed: int = 0) -> None:
-        super().__init__(classifier, objective, infill, iterations, lr, 1, area_weight, ramp_iterations,
-                         grid_size, activation, batch_size, seed)
+    def __init__(
+        self,
+        classifier: nn.Module | None = None,
+        objective: str = "ssr",
+        infill: str | Infill = "blur",
+        iterations: int = 300,
+        lr: float = 0.05,
+        area_weight: float = 1e-3,
+        ramp_iterations: int = 30,
+        grid_size: int | None = None,
+        activation: str = "sigmoid",
+        batch_size: int = 512,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            classifier,
+            objective,
+            infill,
+            iterations,
+            lr,
+            1,
+            area_weight,
+            ramp_iterations,
+            grid_size,
+            activation,
+            batch_size,
+            seed,
+        )
 
     def init_params(self, pairs: int, grid: tuple[int, int], device: torch.device) -> Tensor:
         return torch.ones(pairs, 1, *grid, device=device)

@@ -51,8 +51,14 @@ def _captum_attr() -> Any:
     return captum.attr
 
 
-def layer_attribution(classifier: nn.Module, layer: nn.Module, inputs: Tensor, targets: Tensor,
-                      times_activation: bool = False, path_steps: int = 0) -> Tensor:
+def layer_attribution(
+    classifier: nn.Module,
+    layer: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    times_activation: bool = False,
+    path_steps: int = 0,
+) -> Tensor:
     """Per-channel attributions ``[N, D, h, w]`` at ``layer``'s output (see the module docstring).
 
     Args:
@@ -70,8 +76,10 @@ def layer_attribution(classifier: nn.Module, layer: nn.Module, inputs: Tensor, t
 
     def hook(module: nn.Module, args: object, output: object) -> Tensor:
         if not isinstance(output, Tensor) or output.ndim != 4:
-            raise ValueError(f"layer attribution needs a layer with a [N, D, h, w] output, got "
-                             f"{type(output).__name__}{tuple(output.shape) if isinstance(output, Tensor) else ''}")
+            raise ValueError(
+                f"layer attribution needs a layer with a [N, D, h, w] output, got "
+                f"{type(output).__name__}{tuple(output.shape) if isinstance(output, Tensor) else ''}"
+            )
         acts = output.detach()
         if alphas is not None:
             acts = acts.reshape(reps, -1, *acts.shape[1:])
@@ -102,8 +110,13 @@ class _CaptumMethod(AttributionMethod):
     default_absolute = False
     layer_times_activation = False  # the layer form multiplies the gradients by the activations
 
-    def __init__(self, classifier: nn.Module | None = None, batch_size: int = 64, absolute: bool | None = None,
-                 layer: str | None = None) -> None:
+    def __init__(
+        self,
+        classifier: nn.Module | None = None,
+        batch_size: int = 64,
+        absolute: bool | None = None,
+        layer: str | None = None,
+    ) -> None:
         super().__init__(classifier)
         if classifier is None:
             raise ValueError(f"{type(self).__name__} needs the classifier to explain")
@@ -123,8 +136,14 @@ class _CaptumMethod(AttributionMethod):
         """Per-channel attributions at the input (captum) or at ``layer``, upsampled to the input size."""
         if self.layer is None:
             return self.captum_attribute(inputs, targets)
-        return layer_attribution(self.classifier, resolve_layer(self.classifier, self.layer), inputs, targets,
-                                 self.layer_times_activation, self.layer_path_steps())
+        return layer_attribution(
+            self.classifier,
+            resolve_layer(self.classifier, self.layer),
+            inputs,
+            targets,
+            self.layer_times_activation,
+            self.layer_path_steps(),
+        )
 
     def captum_attribute(self, inputs: Tensor, targets: Tensor) -> Tensor:
         """Per-channel attributions ``[N, 3, H, W]`` from captum."""
@@ -141,8 +160,9 @@ class _CaptumMethod(AttributionMethod):
                 attr = self.per_channel(inputs, c_idx[part]).detach()
                 summed = (attr.abs() if self.absolute else attr).sum(1)
                 if summed.shape[-2:] != images.shape[-2:]:
-                    summed = F.interpolate(summed[:, None], size=images.shape[-2:], mode="bilinear",
-                                           align_corners=False)[:, 0]
+                    summed = F.interpolate(
+                        summed[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False
+                    )[:, 0]
                 maps.append(summed)
         values = torch.cat(maps) if maps else images.new_zeros(0, *images.shape[-2:])
         return scatter_pairs(values.to(images.dtype), b_idx, k_idx, tuple(classes.shape))
@@ -203,8 +223,14 @@ class IntegratedGradients(_CaptumMethod):
     layer_forms = ("input", "middle", "final")
     layer_times_activation = True
 
-    def __init__(self, classifier: nn.Module | None = None, steps: int = 50, batch_size: int = 64,
-                 absolute: bool | None = None, layer: str | None = None) -> None:
+    def __init__(
+        self,
+        classifier: nn.Module | None = None,
+        steps: int = 50,
+        batch_size: int = 64,
+        absolute: bool | None = None,
+        layer: str | None = None,
+    ) -> None:
         super().__init__(classifier, batch_size, absolute, layer)
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
@@ -215,8 +241,9 @@ class IntegratedGradients(_CaptumMethod):
 
     def captum_attribute(self, inputs: Tensor, targets: Tensor) -> Tensor:
         ig = _captum_attr().IntegratedGradients(self.classifier)
-        return ig.attribute(inputs, baselines=0.0, target=targets, n_steps=self.steps,
-                            internal_batch_size=max(self.batch_size, 1))
+        return ig.attribute(
+            inputs, baselines=0.0, target=targets, n_steps=self.steps, internal_batch_size=max(self.batch_size, 1)
+        )
 
 
 @register_method

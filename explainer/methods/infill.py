@@ -102,14 +102,18 @@ class RandomInfill(Infill):
 
     def fill(self, images: Tensor, keep: Tensor, generator: torch.Generator | None = None) -> Tensor:
         n, c = images.shape[:2]
-        colour = (torch.rand(n, c, 1, 1, generator=generator, device=images.device, dtype=images.dtype) * 2 - 1)
+        colour = torch.rand(n, c, 1, 1, generator=generator, device=images.device, dtype=images.dtype) * 2 - 1
         noise = torch.randn(images.shape, generator=generator, device=images.device, dtype=images.dtype)
         return colour * self.color_range + noise * self.noise_std
 
 
 INFILLS: Registry[type[Infill]] = Registry("in-filler", plural="in-fillers", sort=False)
-for _name, _infill in (("mean", MeanInfill), ("blur", BlurInfill), ("local_mean", LocalMeanInfill),
-                       ("random", RandomInfill)):
+for _name, _infill in (
+    ("mean", MeanInfill),
+    ("blur", BlurInfill),
+    ("local_mean", LocalMeanInfill),
+    ("random", RandomInfill),
+):
     INFILLS.add(_name, _infill)
 
 

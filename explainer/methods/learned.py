@@ -30,8 +30,9 @@ class ExplainerAttribution(AttributionMethod):
     cost = "one pass"
     unit_range = True
 
-    def __init__(self, classifier: nn.Module | None = None, path: str | Path | None = None,
-                 model: nn.Module | None = None) -> None:
+    def __init__(
+        self, classifier: nn.Module | None = None, path: str | Path | None = None, model: nn.Module | None = None
+    ) -> None:
         super().__init__(classifier)
         if (path is None) == (model is None):
             raise ValueError("the 'explainer' method needs exactly one of path=<export folder or .ckpt> or model=")

@@ -41,12 +41,18 @@ class PrototypeAttribution(AttributionMethod):
     cost = "one pass"
     needs_grad = False
 
-    def __init__(self, classifier: nn.Module | None = None, prototypes: PrototypeLayer | str | Path | None = None,
-                 check_hash: bool = True) -> None:
+    def __init__(
+        self,
+        classifier: nn.Module | None = None,
+        prototypes: PrototypeLayer | str | Path | None = None,
+        check_hash: bool = True,
+    ) -> None:
         super().__init__(classifier)
         if classifier is None or prototypes is None:
-            raise ValueError("the 'prototypes' method needs the classifier and a fitted prototype head (or its "
-                             "export folder): build_method('prototypes', classifier=..., prototypes=...)")
+            raise ValueError(
+                "the 'prototypes' method needs the classifier and a fitted prototype head (or its "
+                "export folder): build_method('prototypes', classifier=..., prototypes=...)"
+            )
         if not isinstance(prototypes, PrototypeLayer):
             prototypes, config = load_prototypes(prototypes)
             expected = config["classifier"]["content_hash"]

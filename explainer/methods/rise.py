@@ -25,8 +25,7 @@ def default_grid_size(height: int, width: int) -> int:
     return int(min(8, max(2, min(height, width) // 8)))
 
 
-def rise_masks(num_masks: int, grid_size: int, keep_prob: float, height: int, width: int,
-               seed: int) -> Tensor:
+def rise_masks(num_masks: int, grid_size: int, keep_prob: float, height: int, width: int, seed: int) -> Tensor:
     """The RISE mask bank ``[N, H, W]`` (float32, on the CPU, a pure function of its arguments).
 
     Each mask is an ``s x s`` grid of Bernoulli(``keep_prob``) cells, upsampled bilinearly to
@@ -47,8 +46,9 @@ def rise_masks(num_masks: int, grid_size: int, keep_prob: float, height: int, wi
     gen = torch.Generator().manual_seed(int(seed))
     cell_h, cell_w = math.ceil(height / grid_size), math.ceil(width / grid_size)
     grids = (torch.rand(num_masks, 1, grid_size, grid_size, generator=gen) < keep_prob).float()
-    up = F.interpolate(grids, size=((grid_size + 1) * cell_h, (grid_size + 1) * cell_w), mode="bilinear",
-                       align_corners=False).squeeze(1)
+    up = F.interpolate(
+        grids, size=((grid_size + 1) * cell_h, (grid_size + 1) * cell_w), mode="bilinear", align_corners=False
+    ).squeeze(1)
     shift_y = torch.randint(0, cell_h, (num_masks,), generator=gen)
     shift_x = torch.randint(0, cell_w, (num_masks,), generator=gen)
     rows = (shift_y[:, None] + torch.arange(height)[None]).view(num_masks, height, 1)
@@ -87,9 +87,17 @@ class RISE(AttributionMethod):
     cost = "perturbation"
     needs_grad = False
 
-    def __init__(self, classifier: nn.Module | None = None, num_masks: int = 4000, grid_size: int | None = None,
-                 keep_prob: float = 0.5, activation: str = "sigmoid", batch_size: int = 256, seed: int = 0,
-                 bank_dtype: str = "float32") -> None:
+    def __init__(
+        self,
+        classifier: nn.Module | None = None,
+        num_masks: int = 4000,
+        grid_size: int | None = None,
+        keep_prob: float = 0.5,
+        activation: str = "sigmoid",
+        batch_size: int = 256,
+        seed: int = 0,
+        bank_dtype: str = "float32",
+    ) -> None:
         super().__init__(classifier)
         if classifier is None:
             raise ValueError("RISE needs the classifier to explain")

@@ -61,9 +61,15 @@ class SmoothedMethod(AttributionMethod):
     wraps_method = True
     cost = "gradients"
 
-    def __init__(self, classifier: nn.Module | None = None, method: str | AttributionMethod = "input_x_gradient",
-                 kernel_size: int = 9, sigma: float | None = None, options: dict[str, Any] | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        classifier: nn.Module | None = None,
+        method: str | AttributionMethod = "input_x_gradient",
+        kernel_size: int = 9,
+        sigma: float | None = None,
+        options: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(None)
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size}")

@@ -120,9 +120,15 @@ class OracleBaseline(AttributionMethod):
     def __init__(self, classifier: nn.Module | None = None) -> None:
         super().__init__(None)
 
-    def attribute(self, images: Tensor, classes: Tensor, masks: Tensor | None = None,
-                  boxes: list[Tensor] | None = None, box_labels: list[Tensor] | None = None,
-                  **kwargs: Any) -> Tensor:
+    def attribute(
+        self,
+        images: Tensor,
+        classes: Tensor,
+        masks: Tensor | None = None,
+        boxes: list[Tensor] | None = None,
+        box_labels: list[Tensor] | None = None,
+        **kwargs: Any,
+    ) -> Tensor:
         """Maps ``[B, K, H, W]``: the ground truth of ``classes`` (``-1`` classes give zero maps).
 
         Args:

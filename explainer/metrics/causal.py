@@ -275,8 +275,17 @@ class InsertionDeletion(ClassifierMetric):
             classes: ``[B, K]`` classes scored (``-1`` = padding, ignored).
         """
         curves = insertion_deletion_curves(
-            self.classifier, images, maps, classes, self.step, self.modes, self.activation, self.chunk_size,
-            self.blur_size, self.blur_sigma, self.tie_order,
+            self.classifier,
+            images,
+            maps,
+            classes,
+            self.step,
+            self.modes,
+            self.activation,
+            self.chunk_size,
+            self.blur_size,
+            self.blur_sigma,
+            self.tie_order,
         )
         valid = classes.to(images.device) >= 0
         clean, nonfinite = sanitize_maps(maps.to(images.device))

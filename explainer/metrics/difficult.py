@@ -101,8 +101,9 @@ class DifficultList:
             where = f"difficult list {self.path}, line {number}"
             if len(values) != num_classes or any(v not in ("0", "1") for v in values):
                 bad = next((v for v in values if v not in ("0", "1")), None)
-                found = f"a value {bad!r}" if bad is not None and len(values) == num_classes else (
-                    f"{len(values)} values")
+                found = (
+                    f"a value {bad!r}" if bad is not None and len(values) == num_classes else (f"{len(values)} values")
+                )
                 raise ValueError(
                     f"{where}: expected an image id followed by {num_classes} flags 0/1 (one per class), got "
                     f"{found} after id {image_id!r}; format: {LIST_FORMAT}"

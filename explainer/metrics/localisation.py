@@ -35,8 +35,9 @@ def localisation_scores(maps: Tensor, cells: Tensor, grid_size: int) -> tuple[Te
         ``invalid`` ``[m]`` bool (a non-finite value, set to 0 before scoring).
     """
     if maps.ndim != 4 or cells.shape != maps.shape[:2]:
-        raise ValueError(f"expected maps [B, K, H, W] and cells [B, K], got {tuple(maps.shape)} and "
-                         f"{tuple(cells.shape)}")
+        raise ValueError(
+            f"expected maps [B, K, H, W] and cells [B, K], got {tuple(maps.shape)} and {tuple(cells.shape)}"
+        )
     h, w = maps.shape[-2:]
     if h % grid_size or w % grid_size:
         raise ValueError(f"map size {h}x{w} is not divisible by the grid size {grid_size}")
@@ -92,11 +93,23 @@ class LocalisationScore(Metric):
         values = self.scores()
         if values.numel() == 0:
             nan = torch.tensor(float("nan"), device=self.invalid.device)
-            return {"mean": nan, "median": nan, "q1": nan, "q3": nan,
-                    "samples": torch.tensor(0.0, device=self.invalid.device), "invalid": self.invalid}
+            return {
+                "mean": nan,
+                "median": nan,
+                "q1": nan,
+                "q3": nan,
+                "samples": torch.tensor(0.0, device=self.invalid.device),
+                "invalid": self.invalid,
+            }
         q = torch.quantile(values.float(), torch.tensor([0.25, 0.5, 0.75], device=values.device))
-        return {"mean": values.mean(), "median": q[1], "q1": q[0], "q3": q[2],
-                "samples": torch.tensor(float(values.numel()), device=values.device), "invalid": self.invalid}
+        return {
+            "mean": values.mean(),
+            "median": q[1],
+            "q1": q[0],
+            "q3": q[2],
+            "samples": torch.tensor(float(values.numel()), device=values.device),
+            "invalid": self.invalid,
+        }
 
 
 __all__ = ["ZERO_TOTAL", "LocalisationScore", "localisation_scores"]

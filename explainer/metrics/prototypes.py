@@ -26,8 +26,9 @@ from torch import Tensor
 from torchmetrics import Metric
 
 
-def prototype_noise(images: Tensor, std: float = 0.2, clip: float = 0.25,
-                    generator: torch.Generator | None = None) -> Tensor:
+def prototype_noise(
+    images: Tensor, std: float = 0.2, clip: float = 0.25, generator: torch.Generator | None = None
+) -> Tensor:
     """Images plus Gaussian noise of ``std`` clipped to ``[-clip, clip]`` (in normalised space).
 
     Args:
@@ -40,8 +41,9 @@ def prototype_noise(images: Tensor, std: float = 0.2, clip: float = 0.25,
     return images + (noise * std).clamp(-clip, clip)
 
 
-def _pairs(keypoints: list[Tensor], box_labels: list[Tensor], num_classes: int, device: torch.device
-           ) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
+def _pairs(
+    keypoints: list[Tensor], box_labels: list[Tensor], num_classes: int, device: torch.device
+) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
     """(image, class) pairs with objects, and per object: its pair index and keypoints ``[N, P, 2]``."""
     counts = torch.tensor([len(b) for b in box_labels], device=device)
     if int(counts.sum()) == 0:
@@ -53,8 +55,13 @@ def _pairs(keypoints: list[Tensor], box_labels: list[Tensor], num_classes: int, 
     return pair_key // num_classes, pair_key % num_classes, obj_pair, obj_kp
 
 
-def prototype_hits(maps: Tensor, keypoints: list[Tensor], box_labels: list[Tensor], image_size: tuple[int, int],
-                   box_fraction: float = 72 / 224) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
+def prototype_hits(
+    maps: Tensor,
+    keypoints: list[Tensor],
+    box_labels: list[Tensor],
+    image_size: tuple[int, int],
+    box_fraction: float = 72 / 224,
+) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
     """Hit vectors of every prototype on every (image, present class) pair with keypoints.
 
     Args:
@@ -97,8 +104,15 @@ class _PrototypeMetric(Metric):
     higher_is_better = True
     full_state_update = False
 
-    def __init__(self, num_classes: int, prototypes_per_class: int, num_parts: int,
-                 box_fraction: float = 72 / 224, valid: Tensor | None = None, **kwargs) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        prototypes_per_class: int,
+        num_parts: int,
+        box_fraction: float = 72 / 224,
+        valid: Tensor | None = None,
+        **kwargs,
+    ) -> None:
         super().__init__(**kwargs)
         if not 0 < box_fraction <= 1:
             raise ValueError(f"box_fraction must be in (0, 1], got {box_fraction}")
@@ -116,13 +130,13 @@ class _PrototypeMetric(Metric):
 
     def _check(self, maps: Tensor, keypoints: list[Tensor]) -> None:
         if maps.ndim != 5 or maps.shape[1:3] != (self.num_classes, self.k):
-            raise ValueError(
-                f"maps must be [B, {self.num_classes}, {self.k}, h, w], got shape {tuple(maps.shape)}"
-            )
+            raise ValueError(f"maps must be [B, {self.num_classes}, {self.k}, h, w], got shape {tuple(maps.shape)}")
         for kp in keypoints:
             if kp.ndim != 3 or kp.shape[1:] != (self.num_parts, 2):
-                raise ValueError(f"keypoints must be [n, {self.num_parts}, 2] per image (num_parts={self.num_parts}), "
-                                 f"got {tuple(kp.shape)}: set num_parts to the data's keypoints per object")
+                raise ValueError(
+                    f"keypoints must be [n, {self.num_parts}, 2] per image (num_parts={self.num_parts}), "
+                    f"got {tuple(kp.shape)}: set num_parts to the data's keypoints per object"
+                )
 
 
 class PrototypeConsistency(_PrototypeMetric):
@@ -137,16 +151,24 @@ class PrototypeConsistency(_PrototypeMetric):
         valid: optional ``[C, k]`` mask of the prototypes that count.
     """
 
-    def __init__(self, num_classes: int, prototypes_per_class: int, num_parts: int,
-                 box_fraction: float = 72 / 224, threshold: float = 0.8, valid: Tensor | None = None,
-                 **kwargs) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        prototypes_per_class: int,
+        num_parts: int,
+        box_fraction: float = 72 / 224,
+        threshold: float = 0.8,
+        valid: Tensor | None = None,
+        **kwargs,
+    ) -> None:
         super().__init__(num_classes, prototypes_per_class, num_parts, box_fraction, valid, **kwargs)
         self.threshold = threshold
         self.add_state("hits", torch.zeros(num_classes, prototypes_per_class, num_parts), dist_reduce_fx="sum")
         self.add_state("visible", torch.zeros(num_classes, num_parts), dist_reduce_fx="sum")
 
-    def update(self, maps: Tensor, keypoints: list[Tensor], box_labels: list[Tensor],
-               image_size: tuple[int, int]) -> None:
+    def update(
+        self, maps: Tensor, keypoints: list[Tensor], box_labels: list[Tensor], image_size: tuple[int, int]
+    ) -> None:
         """Adds a batch.
 
         Args:
@@ -186,14 +208,27 @@ class PrototypeStability(_PrototypeMetric):
         valid: optional ``[C, k]`` mask of the prototypes that count.
     """
 
-    def __init__(self, num_classes: int, prototypes_per_class: int, num_parts: int,
-                 box_fraction: float = 72 / 224, valid: Tensor | None = None, **kwargs) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        prototypes_per_class: int,
+        num_parts: int,
+        box_fraction: float = 72 / 224,
+        valid: Tensor | None = None,
+        **kwargs,
+    ) -> None:
         super().__init__(num_classes, prototypes_per_class, num_parts, box_fraction, valid, **kwargs)
         self.add_state("unchanged", torch.zeros(num_classes, prototypes_per_class), dist_reduce_fx="sum")
         self.add_state("images", torch.zeros(num_classes), dist_reduce_fx="sum")
 
-    def update(self, maps: Tensor, noisy_maps: Tensor, keypoints: list[Tensor], box_labels: list[Tensor],
-               image_size: tuple[int, int]) -> None:
+    def update(
+        self,
+        maps: Tensor,
+        noisy_maps: Tensor,
+        keypoints: list[Tensor],
+        box_labels: list[Tensor],
+        image_size: tuple[int, int],
+    ) -> None:
         """Adds a batch.
 
         Args:

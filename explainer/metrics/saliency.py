@@ -115,7 +115,10 @@ class SaliencyMetric(ClassifierMetric):
             target_classes = classes[valid].unsqueeze(1)
             targets = torch.ones_like(target_classes, dtype=torch.bool)
         logits = forward_in_chunks(
-            self.classifier, lambda i: images[image_index[i]] * masks[i], len(image_index), self.chunk_size,
+            self.classifier,
+            lambda i: images[image_index[i]] * masks[i],
+            len(image_index),
+            self.chunk_size,
             images.device,
         ).double()
         log_p = _log_target_probability(logits, target_classes, targets, self.activation)
@@ -226,8 +229,11 @@ class ClassSpecificity(ClassifierMetric):
         )
         masked = class_probabilities(
             forward_in_chunks(
-                self.classifier, lambda i: images[image_index[i]] * masks[image_index[i], mask_index[i]].unsqueeze(1),
-                len(image_index), self.chunk_size, device,
+                self.classifier,
+                lambda i: images[image_index[i]] * masks[image_index[i], mask_index[i]].unsqueeze(1),
+                len(image_index),
+                self.chunk_size,
+                device,
             ).double(),
             act,
         )

@@ -43,8 +43,18 @@ from explainer.metrics.common import (
 )
 
 SEGMENTATION_KEYS = (
-    "d_f1_25", "d_f1_50", "d_f1_75", "mean_f1", "c_f1", "acc", "d_iou", "c_iou", "auc", "overlap",
-    "background_coverage", "object_coverage",
+    "d_f1_25",
+    "d_f1_50",
+    "d_f1_75",
+    "mean_f1",
+    "c_f1",
+    "acc",
+    "d_iou",
+    "c_iou",
+    "auc",
+    "overlap",
+    "background_coverage",
+    "object_coverage",
 )
 F1_THRESHOLDS = (0.25, 0.5, 0.75)
 IOU_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)

@@ -55,10 +55,12 @@ class ClassifierModule(SafeLoading, pl.LightningModule):
             if self.net.features is None:
                 raise ValueError(f"cannot freeze the backbone of opaque classifier '{backbone}'")
             self.net.features.requires_grad_(False)
-        metrics = MetricCollection({
-            "mAP": MultilabelAveragePrecision(num_labels=num_classes, average="macro"),
-            "F1": MultilabelF1Score(num_labels=num_classes, average="macro"),
-        })
+        metrics = MetricCollection(
+            {
+                "mAP": MultilabelAveragePrecision(num_labels=num_classes, average="macro"),
+                "F1": MultilabelF1Score(num_labels=num_classes, average="macro"),
+            }
+        )
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
 

@@ -128,11 +128,13 @@ class ExplainerModule(SafeLoading, pl.LightningModule):
         self.mask_net = build_mask_net(mask_net, num_classes, **(mask_net_kwargs or {}))
         if encoder_from_classifier:
             if not hasattr(self.mask_net, "init_encoder_from"):
-                raise ValueError(f"mask network '{mask_net}' cannot start from the classifier's features; use "
-                                 "'classifier_unet'")
+                raise ValueError(
+                    f"mask network '{mask_net}' cannot start from the classifier's features; use 'classifier_unet'"
+                )
             self.mask_net.init_encoder_from(getattr(self.classifier.net, "base", self.classifier.net))
-        self.weights = LossWeights(entropy, tv, class_area, target_area, nontarget_area, min_area, max_area,
-                                   extra=dict(extra_losses or {}))
+        self.weights = LossWeights(
+            entropy, tv, class_area, target_area, nontarget_area, min_area, max_area, extra=dict(extra_losses or {})
+        )
         self.register_buffer("norm_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("norm_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self._checked_classifier = False
@@ -152,8 +154,10 @@ class ExplainerModule(SafeLoading, pl.LightningModule):
         kept, fresh = class_head_plan(old_classes, self.class_names)
         self.fine_tune_plan = {"source": str(source), "kept": kept, "initialised": fresh}
         shown = ", ".join(n if n == o else f"{n} <- {o}" for n, o in kept.items())
-        rank_zero_info(f"fine-tuning from {source}: class-head rows kept for {len(kept)} class(es) shared by name "
-                       f"[{shown}]; initialised for {len(fresh)} new class(es) [{', '.join(fresh)}]")
+        rank_zero_info(
+            f"fine-tuning from {source}: class-head rows kept for {len(kept)} class(es) shared by name "
+            f"[{shown}]; initialised for {len(fresh)} new class(es) [{', '.join(fresh)}]"
+        )
 
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
@@ -202,10 +206,25 @@ class ExplainerModule(SafeLoading, pl.LightningModule):
         masked = target_mask * images + (1 - target_mask) * fill
         inverse = (1 - target_mask) * images + target_mask * fill
         masked_logits, inverse_logits = self.classifier(torch.cat([masked, inverse])).chunk(2)
-        terms = explainer_loss(mask_logits, targets, masked_logits, inverse_logits, target_mask, nontarget_mask,
-                               self.weights, activation=self.classifier.activation)
-        return {**terms, "mask_logits": mask_logits, "target_mask": target_mask, "nontarget_mask": nontarget_mask,
-                "masked_logits": masked_logits, "inverse_logits": inverse_logits, "targets": targets}
+        terms = explainer_loss(
+            mask_logits,
+            targets,
+            masked_logits,
+            inverse_logits,
+            target_mask,
+            nontarget_mask,
+            self.weights,
+            activation=self.classifier.activation,
+        )
+        return {
+            **terms,
+            "mask_logits": mask_logits,
+            "target_mask": target_mask,
+            "nontarget_mask": nontarget_mask,
+            "masked_logits": masked_logits,
+            "inverse_logits": inverse_logits,
+            "targets": targets,
+        }
 
     def _log_terms(self, out: dict[str, Tensor], stage: str, batch_size: int) -> None:
         log_mean(self, f"{stage}/loss", out["loss"], batch_size, prog_bar=True)
@@ -220,7 +239,8 @@ class ExplainerModule(SafeLoading, pl.LightningModule):
             raise FloatingPointError(
                 f"non-finite Explainer loss at step {self.global_step} (epoch {self.current_epoch}, batch "
                 f"{batch_idx}); terms: {terms}. Training stopped; the last good checkpoint is kept"
-                + (f" at {best}" if best else "") + ". Lower the learning rate or check the data."
+                + (f" at {best}" if best else "")
+                + ". Lower the learning rate or check the data."
             )
         self._log_terms(out, "train", len(batch))
         return out["loss"]
@@ -235,9 +255,11 @@ class ExplainerModule(SafeLoading, pl.LightningModule):
         """The freeze, checked: the classifier's weights and buffers hash as they did before training."""
         now = state_hash(self.classifier.net)
         if now != self.hparams.classifier_hash:
-            raise RuntimeError(f"the classifier '{self.classifier.reference}' changed during training (weights hash "
-                               f"{now[:12]}... instead of {self.hparams.classifier_hash[:12]}...): nothing may update "
-                               "it; the Explainer trained against a moving target")
+            raise RuntimeError(
+                f"the classifier '{self.classifier.reference}' changed during training (weights hash "
+                f"{now[:12]}... instead of {self.hparams.classifier_hash[:12]}...): nothing may update "
+                "it; the Explainer trained against a moving target"
+            )
 
     def validation_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
         out = self.explain_batch(batch)
@@ -257,9 +279,14 @@ class ExplainerModule(SafeLoading, pl.LightningModule):
 
     # -- checkpoints hold the mask network only -------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("classifier.")}
+        checkpoint["state_dict"] = {
+            k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("classifier.")
+        }
         # the normalisation the images were trained with (the buffers are not persistent)
-        checkpoint["normalization"] = {"mean": self.norm_mean.flatten().tolist(), "std": self.norm_std.flatten().tolist()}
+        checkpoint["normalization"] = {
+            "mean": self.norm_mean.flatten().tolist(),
+            "std": self.norm_std.flatten().tolist(),
+        }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         stored = checkpoint.get("hyper_parameters", {})

@@ -16,8 +16,11 @@ from explainer.trust import loading_from
 def non_finite_tensors(module: nn.Module) -> list[str]:
     """The names of ``module``'s floating-point parameters and buffers holding NaN or inf (one device sync
     when all are finite)."""
-    named = [(n, t) for n, t in itertools.chain(module.named_parameters(), module.named_buffers())
-             if t.is_floating_point() and t.numel()]
+    named = [
+        (n, t)
+        for n, t in itertools.chain(module.named_parameters(), module.named_buffers())
+        if t.is_floating_point() and t.numel()
+    ]
     if not named:
         return []
     flags = torch.stack([torch.isfinite(t).all() for _, t in named])
@@ -36,10 +39,9 @@ def stop_if_not_finite(lightning_module: pl.LightningModule, trained: nn.Module,
     raise FloatingPointError(
         f"non-finite {what} after step {lightning_module.global_step} (epoch {lightning_module.current_epoch}): "
         f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}. Training stopped and nothing was exported"
-        + (f"; the last good checkpoint is {best}" if best else "") + ". Lower the learning rate or check the data."
+        + (f"; the last good checkpoint is {best}" if best else "")
+        + ". Lower the learning rate or check the data."
     )
-
-
 
 
 class SafeLoading:
@@ -51,8 +53,9 @@ class SafeLoading:
     """
 
     @classmethod
-    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, allow_factories: Iterable[str] = (),
-                             **kwargs: Any) -> Any:
+    def load_from_checkpoint(
+        cls, checkpoint_path: Any, *args: Any, allow_factories: Iterable[str] = (), **kwargs: Any
+    ) -> Any:
         with loading_from(f"the checkpoint {checkpoint_path}", allow_factories):
             return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)  # type: ignore[misc]
 

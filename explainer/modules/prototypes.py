@@ -108,8 +108,12 @@ class PrototypeModule(SafeLoading, pl.LightningModule):
         # an empty parameter for a no-op optimiser: its steps count the collected batches as global steps,
         # which Lightning's checkpointing and logging need (they ignore runs without steps)
         self.step_anchor = nn.Parameter(torch.zeros(0))  # never receives a gradient
-        metric_args = {"num_classes": num_classes, "prototypes_per_class": prototypes_per_class,
-                       "num_parts": num_parts, "box_fraction": box_fraction}
+        metric_args = {
+            "num_classes": num_classes,
+            "prototypes_per_class": prototypes_per_class,
+            "num_parts": num_parts,
+            "box_fraction": box_fraction,
+        }
         self.val_consistency = PrototypeConsistency(threshold=consistency_threshold, **metric_args)
         self.val_stability = PrototypeStability(**metric_args)
         self.test_consistency = PrototypeConsistency(threshold=consistency_threshold, **metric_args)
@@ -140,8 +144,9 @@ class PrototypeModule(SafeLoading, pl.LightningModule):
     def start_collection(self) -> None:
         """Empties the location sample (called at the start of each training epoch)."""
         hp = self.hparams
-        self._reservoir = LocationReservoir(hp.num_classes, self.layer.feature_dim, hp.max_locations_per_class,
-                                            seed=hp.seed * 7919 + self.global_rank)
+        self._reservoir = LocationReservoir(
+            hp.num_classes, self.layer.feature_dim, hp.max_locations_per_class, seed=hp.seed * 7919 + self.global_rank
+        )
         self._pool = None
         self._batches_seen = 0
         self._fit_start = time.perf_counter()
@@ -177,7 +182,11 @@ class PrototypeModule(SafeLoading, pl.LightningModule):
         if self._pool is None:
             gen = torch.Generator().manual_seed(self.hparams.seed * 104729 + 1)
             keys = torch.full((self.hparams.num_classes, size), float("inf"), dtype=torch.float64)
-            self._pool = (keys, torch.zeros(self.hparams.num_classes, size, *images.shape[1:], dtype=torch.float16), gen)
+            self._pool = (
+                keys,
+                torch.zeros(self.hparams.num_classes, size, *images.shape[1:], dtype=torch.float16),
+                gen,
+            )
         keys, store, gen = self._pool
         if store.shape[2:] != images.shape[1:]:
             return  # images of another size than the first batch: the gallery keeps the first size
@@ -240,10 +249,17 @@ class PrototypeModule(SafeLoading, pl.LightningModule):
         counts, losses, equal, locations = [], [], [], []
         start = time.perf_counter()
         for c in range(hp.num_classes):  # one NMF per class: inherently sequential and off the hot path
-            dec = decompose_class(reservoir.class_features(c), weight[c], hp.prototypes_per_class, seed=hp.seed,
-                                  ridge=hp.ridge, nmf_max_iter=hp.nmf_max_iter, nmf_tol=hp.nmf_tol,
-                                  evidence_fraction=hp.evidence_fraction,
-                                  positive_evidence_only=hp.positive_evidence_only)
+            dec = decompose_class(
+                reservoir.class_features(c),
+                weight[c],
+                hp.prototypes_per_class,
+                seed=hp.seed,
+                ridge=hp.ridge,
+                nmf_max_iter=hp.nmf_max_iter,
+                nmf_tol=hp.nmf_tol,
+                evidence_fraction=hp.evidence_fraction,
+                positive_evidence_only=hp.positive_evidence_only,
+            )
             if dec.note:
                 name = hp.class_names[c] if hp.class_names else str(c)
                 note = "no training image of the class was seen" if int(reservoir.offered[c]) == 0 else dec.note
@@ -271,9 +287,14 @@ class PrototypeModule(SafeLoading, pl.LightningModule):
         if not keep_sample:
             self._reservoir = None
         for logger in self.loggers if self._trainer is not None else []:
-            logger.log_metrics({"fit/seconds": self.fit_summary["total_seconds"],
-                                "fit/alignment_loss": sum(losses),
-                                "fit/equal_split_alignment_loss": sum(equal)}, step=self.global_step)
+            logger.log_metrics(
+                {
+                    "fit/seconds": self.fit_summary["total_seconds"],
+                    "fit/alignment_loss": sum(losses),
+                    "fit/equal_split_alignment_loss": sum(equal),
+                },
+                step=self.global_step,
+            )
         if self._trainer is None or self.trainer.is_global_zero:
             if self._trainer is not None:
                 self._draw_gallery()
@@ -285,13 +306,27 @@ class PrototypeModule(SafeLoading, pl.LightningModule):
     def export(self, folder: str | Path, overwrite: bool = False) -> Path:
         """Writes the fitted head (``model.safetensors`` + ``config.json``) to ``folder``."""
         hp = self.hparams
-        keys = ("seed", "max_locations_per_class", "evidence_fraction", "positive_evidence_only", "ridge",
-                "nmf_max_iter", "nmf_tol")
+        keys = (
+            "seed",
+            "max_locations_per_class",
+            "evidence_fraction",
+            "positive_evidence_only",
+            "ridge",
+            "nmf_max_iter",
+            "nmf_tol",
+        )
         extra = {k: hp[k] for k in keys}
         extra.update({k: v for k, v in self.fit_summary.items() if k != "locations_offered_per_class"})
-        return export_prototypes(self.layer, folder, hp.class_names, self.classifier,
-                                 num_prototypes=self.num_prototypes, extra=extra, overwrite=overwrite,
-                                 classifier_spec=hp.classifier)
+        return export_prototypes(
+            self.layer,
+            folder,
+            hp.class_names,
+            self.classifier,
+            num_prototypes=self.num_prototypes,
+            extra=extra,
+            overwrite=overwrite,
+            classifier_spec=hp.classifier,
+        )
 
     def _draw_gallery(self) -> None:
         if self._pool is None:
@@ -304,8 +339,9 @@ class PrototypeModule(SafeLoading, pl.LightningModule):
             if len(images) == 0:
                 continue
             maps = self.layer.maps(self.classifier.net.forward_features(images))[:, c]
-            patches, scores, _ = top_patches(as_rgb(images, datamodule), maps, self.hparams.gallery_patches,
-                                             self.hparams.box_fraction)
+            patches, scores, _ = top_patches(
+                as_rgb(images, datamodule), maps, self.hparams.gallery_patches, self.hparams.box_fraction
+            )
             fig = gallery_figure(patches, scores, names[c], int(self.num_prototypes[c]))
             log_figure(self.trainer, f"prototypes/gallery_class_{names[c]}", fig)
 
@@ -315,12 +351,26 @@ class PrototypeModule(SafeLoading, pl.LightningModule):
         reference = self.classifier.net.forward_head(feats)
         logits, maps, _ = self.layer(feats)
         n = len(batch)
-        self.log(f"{stage}/logit_max_abs_diff", (logits - reference).abs().max(), reduce_fx="max",
-                 batch_size=n, sync_dist=True)
-        self.log(f"{stage}/argmax_agreement", (logits.argmax(1) == reference.argmax(1)).float().mean(),
-                 batch_size=n, sync_dist=True)
-        self.log(f"{stage}/loss", F.binary_cross_entropy_with_logits(logits, batch.labels), batch_size=n,
-                 sync_dist=True, prog_bar=True)
+        self.log(
+            f"{stage}/logit_max_abs_diff",
+            (logits - reference).abs().max(),
+            reduce_fx="max",
+            batch_size=n,
+            sync_dist=True,
+        )
+        self.log(
+            f"{stage}/argmax_agreement",
+            (logits.argmax(1) == reference.argmax(1)).float().mean(),
+            batch_size=n,
+            sync_dist=True,
+        )
+        self.log(
+            f"{stage}/loss",
+            F.binary_cross_entropy_with_logits(logits, batch.labels),
+            batch_size=n,
+            sync_dist=True,
+            prog_bar=True,
+        )
         if batch.keypoints is None or batch.box_labels is None:
             return
         gen = torch.Generator(device=batch.image.device)

@@ -27,8 +27,15 @@ def log_mean(module: pl.LightningModule, name: str, value: Tensor, batch_size: i
         means[key] = MeanMetric().to(value.device)
     metric = means[key]
     metric.update(value.detach(), weight=batch_size)
-    module.log(name, metric, prog_bar=prog_bar, on_step=False, on_epoch=True, batch_size=batch_size,
-               metric_attribute=f"_stage_means.{key}")
+    module.log(
+        name,
+        metric,
+        prog_bar=prog_bar,
+        on_step=False,
+        on_epoch=True,
+        batch_size=batch_size,
+        metric_attribute=f"_stage_means.{key}",
+    )
 
 
 __all__ = ["log_mean"]

@@ -52,8 +52,12 @@ def build_mask_net(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
 
 def _block(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-        nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
     )
 
 
@@ -83,9 +87,9 @@ class UNetMaskNet(nn.Module):
         if stem_stride == 2:
             self.stem[0] = nn.Conv2d(3, chans[0], 3, stride=2, padding=1, bias=False)
         self.down = nn.ModuleList([_block(chans[i], chans[i + 1]) for i in range(depth)])
-        self.up = nn.ModuleList([
-            nn.ConvTranspose2d(chans[i + 1], chans[i], 2, stride=2) for i in reversed(range(depth))
-        ])
+        self.up = nn.ModuleList(
+            [nn.ConvTranspose2d(chans[i + 1], chans[i], 2, stride=2) for i in reversed(range(depth))]
+        )
         self.fuse = nn.ModuleList([_block(2 * chans[i], chans[i]) for i in reversed(range(depth))])
         self.head = nn.Conv2d(chans[0], num_classes, 1)
 
@@ -121,8 +125,9 @@ class _TorchvisionSegmentation(nn.Module):
         return self.model(x)["out"]  # torchvision upsamples bilinearly to the input size
 
 
-def _torchvision_segmentation(builder_name: str, num_classes: int, weights_backbone: str | None,
-                              head_prefix: str, **kwargs: Any) -> nn.Module:
+def _torchvision_segmentation(
+    builder_name: str, num_classes: int, weights_backbone: str | None, head_prefix: str, **kwargs: Any
+) -> nn.Module:
     """Builds a torchvision segmentation model with a random head and the requested backbone weights.
 
     ``weights_backbone`` is ``None`` (random), a torchvision weights name (downloaded once) or a state-dict
@@ -133,8 +138,9 @@ def _torchvision_segmentation(builder_name: str, num_classes: int, weights_backb
     path = None
     if weights_backbone and Path(weights_backbone).suffix in (".pt", ".pth", ".safetensors"):
         weights_backbone, path = None, Path(weights_backbone)
-    model = getattr(segmentation, builder_name)(weights=None, weights_backbone=weights_backbone,
-                                                num_classes=num_classes, **kwargs)
+    model = getattr(segmentation, builder_name)(
+        weights=None, weights_backbone=weights_backbone, num_classes=num_classes, **kwargs
+    )
     if path is not None:
         load_backbone_weights(model.backbone, path)
     return _TorchvisionSegmentation(model, head_prefix)
@@ -149,15 +155,17 @@ def deeplabv3_resnet50(num_classes: int, weights_backbone: str | None = None) ->
         weights_backbone: ``None`` (random), a torchvision weights name (``IMAGENET1K_V1``, downloaded once)
             or a state-dict file of a torchvision ResNet-50 (loaded into the backbone).
     """
-    return _torchvision_segmentation("deeplabv3_resnet50", num_classes, weights_backbone, "model.classifier.4.",
-                                     aux_loss=False)
+    return _torchvision_segmentation(
+        "deeplabv3_resnet50", num_classes, weights_backbone, "model.classifier.4.", aux_loss=False
+    )
 
 
 @register_mask_net("deeplabv3_mobilenet_v3_large")
 def deeplabv3_mobilenet(num_classes: int, weights_backbone: str | None = None) -> nn.Module:
     """DeepLabV3 on MobileNetV3-Large: a lighter network for CPU (torchvision)."""
-    return _torchvision_segmentation("deeplabv3_mobilenet_v3_large", num_classes, weights_backbone,
-                                     "model.classifier.4.", aux_loss=False)
+    return _torchvision_segmentation(
+        "deeplabv3_mobilenet_v3_large", num_classes, weights_backbone, "model.classifier.4.", aux_loss=False
+    )
 
 
 @register_mask_net("lraspp_mobilenet_v3_large")
@@ -207,8 +215,11 @@ def transfer_class_heads(
     target = new.state_dict()
     out = {k: v for k, v in state.items() if not k.startswith(prefix)}
     old_index = {name: i for i, name in enumerate(old_classes)}
-    shared = [(j, old_index[source]) for j, name in enumerate(new_classes)
-              if (source := _source_class(name, old_index)) is not None]
+    shared = [
+        (j, old_index[source])
+        for j, name in enumerate(new_classes)
+        if (source := _source_class(name, old_index)) is not None
+    ]
     for key, fresh in target.items():
         if not key.startswith(prefix):
             continue
@@ -248,8 +259,10 @@ class ClassifierUNetMaskNet(nn.Module):
         super().__init__()
         features = build_classifier(backbone, num_classes).features
         if not isinstance(features, nn.Sequential):
-            raise ValueError(f"classifier_unet needs a backbone whose features are an nn.Sequential; '{backbone}' has "
-                             f"{type(features).__name__}")
+            raise ValueError(
+                f"classifier_unet needs a backbone whose features are an nn.Sequential; '{backbone}' has "
+                f"{type(features).__name__}"
+            )
         self.backbone = backbone
         self.encoder = features
         with torch.no_grad():
@@ -261,10 +274,14 @@ class ClassifierUNetMaskNet(nn.Module):
         self.skip_index = [i for i in range(len(shapes)) if i + 1 == len(shapes) or shapes[i + 1][1:] != shapes[i][1:]]
         channels = [shapes[i][0] for i in self.skip_index]
         self.lateral = nn.ModuleList([nn.Conv2d(c, width, 1) for c in channels])
-        self.fuse = nn.ModuleList([
-            nn.Sequential(nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
-            for _ in channels[:-1]
-        ])
+        self.fuse = nn.ModuleList(
+            [
+                nn.Sequential(
+                    nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)
+                )
+                for _ in channels[:-1]
+            ]
+        )
         self.head = nn.Conv2d(width, num_classes, 1)
 
     def _encode(self, x: Tensor) -> list[Tensor]:
@@ -287,15 +304,19 @@ class ClassifierUNetMaskNet(nn.Module):
         state = classifier_net.state_dict()
         found = {}
         for prefix in ("features.", "net.features.", "program.features.", "base.features."):
-            found = {k[len(prefix):]: v for k, v in state.items()
-                     if k.startswith(prefix) and k[len(prefix):] in own and own[k[len(prefix):]].shape == v.shape}
+            found = {
+                k[len(prefix) :]: v
+                for k, v in state.items()
+                if k.startswith(prefix) and k[len(prefix) :] in own and own[k[len(prefix) :]].shape == v.shape
+            }
             if len(found) == len(own):
                 break
         if len(found) != len(own):
             raise ValueError(
                 f"the classifier's features fill {len(found)} of the {len(own)} tensors of this mask network's "
                 "encoder: it is another architecture. Set encoder_from_classifier: false (the encoder then starts "
-                "from its own initialisation), or mask_net_kwargs.backbone to the classifier's architecture")
+                "from its own initialisation), or mask_net_kwargs.backbone to the classifier's architecture"
+            )
         self.encoder.load_state_dict(found)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -156,7 +156,8 @@ class LocationReservoir:
             return
         self.keys = torch.cat([self.keys, torch.full((self.num_classes, extra), float("inf"), dtype=torch.float64)], 1)
         self.features = torch.cat(
-            [self.features, torch.zeros(self.num_classes, extra, self.feature_dim, dtype=torch.float64)], 1)
+            [self.features, torch.zeros(self.num_classes, extra, self.feature_dim, dtype=torch.float64)], 1
+        )
 
     def merge(self, keys: Tensor, features: Tensor) -> None:
         """Merges other reservoirs' contents (``keys [R, C, rows]``, ``features [R, C, rows, D]``), e.g. from
@@ -218,8 +219,7 @@ def nmf_components(features: Tensor, k: int, seed: int = 0, max_iter: int = 400,
     return comps[keep] / norms[keep, None]
 
 
-def _refinement_terms(gram: Tensor, components: Tensor, alpha: Tensor, ridge: float
-                      ) -> tuple[Tensor, Tensor, Tensor]:
+def _refinement_terms(gram: Tensor, components: Tensor, alpha: Tensor, ridge: float) -> tuple[Tensor, Tensor, Tensor]:
     """``B``, ``W`` (``w_i`` as rows) and the scales ``s`` of the refinement loss (see the module docstring)."""
     dim = gram.shape[0]
     energy = torch.einsum("kd,de,ke->k", components, gram, components).clamp(min=1e-300)
@@ -272,13 +272,30 @@ def _single(v: Tensor, k: int, locations: int, note: str) -> ClassDecomposition:
     empty = torch.zeros(k, v.shape[0], dtype=torch.float64)
     protos = empty.clone()
     protos[0] = v
-    return ClassDecomposition(protos, 1, empty, torch.zeros(k, dtype=torch.float64), torch.zeros_like(v), 0.0, 0.0,
-                              locations, f"{note}: the class keeps its weight row as a single prototype")
+    return ClassDecomposition(
+        protos,
+        1,
+        empty,
+        torch.zeros(k, dtype=torch.float64),
+        torch.zeros_like(v),
+        0.0,
+        0.0,
+        locations,
+        f"{note}: the class keeps its weight row as a single prototype",
+    )
 
 
-def decompose_class(features: Tensor, weight: Tensor, k: int, seed: int = 0, ridge: float = 0.1,
-                    nmf_max_iter: int = 400, nmf_tol: float = 1e-4, evidence_fraction: float = 1.0,
-                    positive_evidence_only: bool = False) -> ClassDecomposition:
+def decompose_class(
+    features: Tensor,
+    weight: Tensor,
+    k: int,
+    seed: int = 0,
+    ridge: float = 0.1,
+    nmf_max_iter: int = 400,
+    nmf_tol: float = 1e-4,
+    evidence_fraction: float = 1.0,
+    positive_evidence_only: bool = False,
+) -> ClassDecomposition:
     """Decomposes one class's weight row into ``k`` prototypes that sum to it exactly.
 
     Args:

@@ -30,8 +30,14 @@ class PrototypeLayer(nn.Module):
         bias: optional ``[C]`` head bias (zeros if absent).
     """
 
-    def __init__(self, num_classes: int, prototypes_per_class: int, feature_dim: int,
-                 weight: Tensor | None = None, bias: Tensor | None = None) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        prototypes_per_class: int,
+        feature_dim: int,
+        weight: Tensor | None = None,
+        bias: Tensor | None = None,
+    ) -> None:
         super().__init__()
         if num_classes < 1 or prototypes_per_class < 1 or feature_dim < 1:
             raise ValueError(
@@ -105,9 +111,7 @@ class PrototypeLayer(nn.Module):
 
     def _check_features(self, features: Tensor) -> None:
         if features.ndim != 4 or features.shape[1] != self.feature_dim:
-            raise ValueError(
-                f"expected feature maps [B, {self.feature_dim}, h, w], got shape {tuple(features.shape)}"
-            )
+            raise ValueError(f"expected feature maps [B, {self.feature_dim}, h, w], got shape {tuple(features.shape)}")
 
 
 _PASS_THROUGH = (nn.Dropout, nn.Identity, nn.Flatten)
@@ -133,9 +137,11 @@ def pooled_linear_head(net: nn.Module) -> tuple[Tensor, Tensor]:
     """
     inner = getattr(net, "net", net)
     name = getattr(inner, "name", type(inner).__name__)
-    fix = ("post-hoc prototype heads need a classifier whose logits are one linear layer over globally "
-           "average-pooled features; use e.g. digitnet or a ResNet, or give your model a head of the form "
-           "AdaptiveAvgPool2d(1) -> Flatten -> Linear")
+    fix = (
+        "post-hoc prototype heads need a classifier whose logits are one linear layer over globally "
+        "average-pooled features; use e.g. digitnet or a ResNet, or give your model a head of the form "
+        "AdaptiveAvgPool2d(1) -> Flatten -> Linear"
+    )
     if not isinstance(inner, ClassifierNet) or inner.features is None:
         raise ValueError(f"classifier '{name}' has no separate feature extractor: {fix}")
     pool = inner.pool

@@ -24,7 +24,21 @@ from explainer.protocols.wrappers import (
 )
 
 __all__ = [
-    "LAYER_ROLES", "PROTOCOLS", "DiFullNet", "DiPartNet", "GridDataModule", "GridDataset", "GridPGNet", "Protocol",
-    "ProtocolNet", "cell_slices", "check_cell_independence", "get_protocol", "grid_targets", "register_protocol",
-    "split_cells", "tile_cells", "wrap_for_protocol",
+    "LAYER_ROLES",
+    "PROTOCOLS",
+    "DiFullNet",
+    "DiPartNet",
+    "GridDataModule",
+    "GridDataset",
+    "GridPGNet",
+    "Protocol",
+    "ProtocolNet",
+    "cell_slices",
+    "check_cell_independence",
+    "get_protocol",
+    "grid_targets",
+    "register_protocol",
+    "split_cells",
+    "tile_cells",
+    "wrap_for_protocol",
 ]

@@ -52,8 +52,15 @@ def aggatt_bins(maps: Tensor, scores: Tensor, percentiles: tuple[float, ...] = A
     return out
 
 
-def save_aggatt(bins: Tensor, path: str | Path, grid_size: int, cell: int = 0, title: str = "",
-                scale: float | None = None, percentiles: tuple[float, ...] = AGGATT_PERCENTILES) -> Path:
+def save_aggatt(
+    bins: Tensor,
+    path: str | Path,
+    grid_size: int,
+    cell: int = 0,
+    title: str = "",
+    scale: float | None = None,
+    percentiles: tuple[float, ...] = AGGATT_PERCENTILES,
+) -> Path:
     """One AggAtt row as a PNG: the bins side by side on one colour scale, the target cell outlined.
 
     Args:
@@ -72,8 +79,14 @@ def save_aggatt(bins: Tensor, path: str | Path, grid_size: int, cell: int = 0, t
     return save_figure(fig, path)
 
 
-def draw_aggatt_row(axes: Sequence[Any], bins: Tensor, grid_size: int, cell: int = 0, scale: float | None = None,
-                    percentiles: tuple[float, ...] | None = AGGATT_PERCENTILES) -> None:
+def draw_aggatt_row(
+    axes: Sequence[Any],
+    bins: Tensor,
+    grid_size: int,
+    cell: int = 0,
+    scale: float | None = None,
+    percentiles: tuple[float, ...] | None = AGGATT_PERCENTILES,
+) -> None:
     """Draws the bins on a row of matplotlib axes: one colour scale (``scale``, or the 99.5th percentile of the
     bins), the cell grid, the target cell outlined; titles from ``percentiles`` (``None``: no titles)."""
     top = max(clip_value(bins) if scale is None else float(scale), 1e-12)
@@ -81,8 +94,16 @@ def draw_aggatt_row(axes: Sequence[Any], bins: Tensor, grid_size: int, cell: int
     r, c = divmod(int(cell), grid_size)
     for j, ax in enumerate(axes):
         ax.imshow(bins[j].numpy(), cmap="inferno", vmin=0, vmax=top)
-        ax.add_patch(Rectangle((c * w / grid_size - 0.5, r * h / grid_size - 0.5), w / grid_size, h / grid_size,
-                               fill=False, edgecolor="cyan", linewidth=1.5))
+        ax.add_patch(
+            Rectangle(
+                (c * w / grid_size - 0.5, r * h / grid_size - 0.5),
+                w / grid_size,
+                h / grid_size,
+                fill=False,
+                edgecolor="cyan",
+                linewidth=1.5,
+            )
+        )
         for k in range(1, grid_size):
             ax.axhline(k * h / grid_size - 0.5, color="white", linewidth=0.4, alpha=0.5)
             ax.axvline(k * w / grid_size - 0.5, color="white", linewidth=0.4, alpha=0.5)

@@ -96,8 +96,10 @@ class Protocol:
         """An error when a layer attribution may not use ``role`` under this protocol."""
         if role in LAYER_ROLES and role not in self.layers:
             why = f" ({self.guarantee})" if self.guarantee else ""
-            raise ValueError(f"under {self.title} only the {' and '.join(self.layers)} layers hold one map per "
-                             f"grid{why}; use --layer {' or '.join(self.layers)}")
+            raise ValueError(
+                f"under {self.title} only the {' and '.join(self.layers)} layers hold one map per "
+                f"grid{why}; use --layer {' or '.join(self.layers)}"
+            )
 
 
 PROTOCOLS: Registry[Protocol] = Registry("protocol", plural="protocols", sort=False)

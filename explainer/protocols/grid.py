@@ -55,8 +55,9 @@ class Candidates:
 
 
 @torch.no_grad()
-def score_source(dataset: Dataset, classifier: torch.nn.Module, batch_size: int = 128,
-                 device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def score_source(
+    dataset: Dataset, classifier: torch.nn.Module, batch_size: int = 128, device: torch.device | str = "cpu"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The single-label images of ``dataset`` that the classifier gets right, and its confidence on each.
 
     Returns:
@@ -88,8 +89,16 @@ def score_source(dataset: Dataset, classifier: torch.nn.Module, batch_size: int 
     return (torch.cat(indices).numpy(), torch.cat(labels).numpy(), torch.cat(confidences).numpy())
 
 
-def choose_threshold(labels: np.ndarray, confidences: np.ndarray, num_classes: int, cells: int, repeat: bool,
-                     confidence: float, min_images_per_class: int = 2, split: str = "") -> float:
+def choose_threshold(
+    labels: np.ndarray,
+    confidences: np.ndarray,
+    num_classes: int,
+    cells: int,
+    repeat: bool,
+    confidence: float,
+    min_images_per_class: int = 2,
+    split: str = "",
+) -> float:
     """The confidence threshold: ``confidence`` if enough classes qualify, else the first relaxed value that
     gives ``cells`` classes with ``min_images_per_class`` images each (warning), else an error."""
     needed = cells - 1 if repeat else cells
@@ -110,7 +119,7 @@ def choose_threshold(labels: np.ndarray, confidences: np.ndarray, num_classes: i
             return threshold
     raise ValueError(
         f"grid {split} split: fewer than {needed} classes have {min_images_per_class} correctly classified "
-        f"single-label images even at confidence {tried[-1]}; a {int(round(cells ** 0.5))}x{int(round(cells ** 0.5))} "
+        f"single-label images even at confidence {tried[-1]}; a {int(round(cells**0.5))}x{int(round(cells**0.5))} "
         "grid needs that many distinct classes (use a larger source split or a better classifier)"
     )
 
@@ -130,9 +139,17 @@ class GridDataset(Dataset):
         split: the split's name (part of the seed and of the ids).
     """
 
-    def __init__(self, source: Dataset, candidates: Candidates, class_names: Sequence[str], num_grids: int,
-                 grid_size: int = 2, protocol: str | Protocol = "gridpg", seed: int = 0,
-                 split: str = "test") -> None:
+    def __init__(
+        self,
+        source: Dataset,
+        candidates: Candidates,
+        class_names: Sequence[str],
+        num_grids: int,
+        grid_size: int = 2,
+        protocol: str | Protocol = "gridpg",
+        seed: int = 0,
+        split: str = "test",
+    ) -> None:
         self.spec = get_protocol(protocol)
         if num_grids < 1:
             raise ValueError(f"num_grids must be >= 1, got {num_grids}")
@@ -149,8 +166,10 @@ class GridDataset(Dataset):
         self.usable = [c for c, idx in enumerate(self.pool) if len(idx) > 0]
         needed = self.spec.distinct_classes(self.grid_size)
         if len(self.usable) < needed:
-            raise ValueError(f"a {grid_size}x{grid_size} grid needs {needed} classes with qualifying images, "
-                             f"only {len(self.usable)} have any")
+            raise ValueError(
+                f"a {grid_size}x{grid_size} grid needs {needed} classes with qualifying images, "
+                f"only {len(self.usable)} have any"
+            )
         self.repeatable = [c for c in self.usable if len(self.pool[c]) >= 2] if self.repeat else self.usable
         if not self.repeatable:
             raise ValueError("no class has two qualifying images to repeat in the bottom-right cell")
@@ -185,20 +204,31 @@ class GridDataset(Dataset):
         classes, sources = self.layout(index)
         cells = [self.source[i].image for i in sources]
         size = cells[0].shape[-2:]
-        cells = [c if c.shape[-2:] == size else
-                 F.interpolate(c[None], size=tuple(size), mode="bilinear", align_corners=False)[0] for c in cells]
+        cells = [
+            c
+            if c.shape[-2:] == size
+            else F.interpolate(c[None], size=tuple(size), mode="bilinear", align_corners=False)[0]
+            for c in cells
+        ]
         n = self.grid_size
-        rows = [torch.cat(cells[r * n:(r + 1) * n], dim=2) for r in range(n)]
+        rows = [torch.cat(cells[r * n : (r + 1) * n], dim=2) for r in range(n)]
         image = torch.cat(rows, dim=1)
         h, w = int(size[0]), int(size[1])
-        boxes = torch.tensor([[(i % n) * w, (i // n) * h, (i % n + 1) * w, (i // n + 1) * h]
-                              for i in range(n * n)], dtype=torch.float32)
+        boxes = torch.tensor(
+            [[(i % n) * w, (i // n) * h, (i % n + 1) * w, (i // n + 1) * h] for i in range(n * n)], dtype=torch.float32
+        )
         label_index = [self.spec.label_index(i, c, self.base_classes) for i, c in enumerate(classes)]
         labels = torch.zeros(self.spec.num_labels(self.base_classes, n))
         labels[label_index] = 1.0
-        return Sample(image=image, labels=labels, boxes=boxes, box_labels=torch.tensor(label_index),
-                      difficult=torch.zeros(n * n, dtype=torch.bool), id=f"{self.split}-grid{index:05d}",
-                      orig_size=(n * h, n * w))
+        return Sample(
+            image=image,
+            labels=labels,
+            boxes=boxes,
+            box_labels=torch.tensor(label_index),
+            difficult=torch.zeros(n * n, dtype=torch.bool),
+            id=f"{self.split}-grid{index:05d}",
+            orig_size=(n * h, n * w),
+        )
 
 
 def grid_targets(batch: Batch, protocol: str | Protocol, grid_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -247,15 +277,18 @@ class GridDataModule(ExplainerDataModule):
         num_workers: int = 0,
         pin_memory: bool | None = None,
     ) -> None:
-        super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory,
-                         mean=source.mean, std=source.std)
+        super().__init__(
+            batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory, mean=source.mean, std=source.std
+        )
         self.spec = get_protocol(protocol)
         self.spec.check_grid_size(grid_size)
         if not 0 < confidence < 1:
             raise ValueError(f"confidence must be in (0, 1), got {confidence}")
         if grid_size**2 > source.num_classes:
-            raise ValueError(f"a {grid_size}x{grid_size} grid needs {grid_size ** 2} distinct classes; the source "
-                             f"has {source.num_classes}")
+            raise ValueError(
+                f"a {grid_size}x{grid_size} grid needs {grid_size**2} distinct classes; the source "
+                f"has {source.num_classes}"
+            )
         self.source = source
         self.classifier_path = classifier
         self.protocol = protocol
@@ -280,8 +313,9 @@ class GridDataModule(ExplainerDataModule):
     def classifier(self) -> torch.nn.Module:
         """The frozen classifier that vets the cell images (loaded once)."""
         if self._classifier is None:
-            self._classifier = FrozenClassifier.from_checkpoint(self.classifier_path,
-                                                                num_classes=self.source.num_classes)
+            self._classifier = FrozenClassifier.from_checkpoint(
+                self.classifier_path, num_classes=self.source.num_classes
+            )
         return self._classifier
 
     def make_dataset(self, split: str) -> GridDataset:
@@ -289,11 +323,27 @@ class GridDataModule(ExplainerDataModule):
         self.source.setup("fit" if split in ("train", "val") else "test")
         dataset = self.source._dataset(split)
         index, label, conf = score_source(dataset, self.classifier())
-        threshold = choose_threshold(label, conf, self.source_classes, self.grid_size**2, self.spec.repeats,
-                                     self.confidence, self.min_images_per_class, split)
+        threshold = choose_threshold(
+            label,
+            conf,
+            self.source_classes,
+            self.grid_size**2,
+            self.spec.repeats,
+            self.confidence,
+            self.min_images_per_class,
+            split,
+        )
         self.thresholds[split] = threshold
-        return GridDataset(dataset, Candidates(index, label, conf, threshold), self.source.class_names,
-                           self._sizes[split], self.grid_size, self.protocol, self.seed, split)
+        return GridDataset(
+            dataset,
+            Candidates(index, label, conf, threshold),
+            self.source.class_names,
+            self._sizes[split],
+            self.grid_size,
+            self.protocol,
+            self.seed,
+            split,
+        )
 
 
 __all__ = [

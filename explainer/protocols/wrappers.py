@@ -147,12 +147,33 @@ class DiPartNet(ProtocolNet):
 
 
 for _protocol in (
-    Protocol("gridpg", "GridPG", per_cell=False, repeats=False, layers=("input", "middle", "final"),
-             wrapper=GridPGNet, guarantee="a class logit may depend on every cell"),
-    Protocol("difull", "DiFull", per_cell=True, repeats=True, layers=("input", "final"), wrapper=DiFullNet,
-             guarantee="the backbone sees each cell separately"),
-    Protocol("dipart", "DiPart", per_cell=True, repeats=True, layers=("input", "middle", "final"),
-             wrapper=DiPartNet, guarantee="receptive fields cross the cell borders"),
+    Protocol(
+        "gridpg",
+        "GridPG",
+        per_cell=False,
+        repeats=False,
+        layers=("input", "middle", "final"),
+        wrapper=GridPGNet,
+        guarantee="a class logit may depend on every cell",
+    ),
+    Protocol(
+        "difull",
+        "DiFull",
+        per_cell=True,
+        repeats=True,
+        layers=("input", "final"),
+        wrapper=DiFullNet,
+        guarantee="the backbone sees each cell separately",
+    ),
+    Protocol(
+        "dipart",
+        "DiPart",
+        per_cell=True,
+        repeats=True,
+        layers=("input", "middle", "final"),
+        wrapper=DiPartNet,
+        guarantee="receptive fields cross the cell borders",
+    ),
 ):
     register_protocol(_protocol)
 
@@ -175,8 +196,9 @@ def wrap_for_protocol(classifier: nn.Module, protocol: str | Protocol, grid_size
     names = getattr(classifier, "class_names", None) or [str(i) for i in range(base.num_classes)]
     net = spec.wrapper(base, grid_size)
     reference = getattr(classifier, "reference", "")
-    frozen = FrozenClassifier(net, reference=f"{reference}#{spec.name}{grid_size}",
-                              class_names=spec.class_names(names, grid_size))
+    frozen = FrozenClassifier(
+        net, reference=f"{reference}#{spec.name}{grid_size}", class_names=spec.class_names(names, grid_size)
+    )
     return frozen.to(next(base.parameters()).device)
 
 
@@ -191,8 +213,8 @@ def check_cell_independence(net: nn.Module, images: Tensor, cell: int, replaceme
     rows, cols = cell_slices(tuple(images.shape[-2:]), n, cell)
     mixed[..., rows, cols] = images[..., rows, cols]
     c = net.base_classes
-    before = net(images)[:, cell * c:(cell + 1) * c]
-    after = net(mixed)[:, cell * c:(cell + 1) * c]
+    before = net(images)[:, cell * c : (cell + 1) * c]
+    after = net(mixed)[:, cell * c : (cell + 1) * c]
     return float((before - after).abs().max())
 
 

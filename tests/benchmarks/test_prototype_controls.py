@@ -63,8 +63,24 @@ def test_the_benchmark_runs_on_cub_with_its_15_parts(bench, tmp_path):
     names = [f"Fake_Bird_{c}" for c in range(3)]  # the data module's names, in its order
     _, ckpt = write_classifier_checkpoint(tmp_path, num_classes=3, class_names=names)
     out = tmp_path / "cub.json"
-    result = bench.main(["--data", "cub", "--data-root", str(tmp_path / "cub"), "--classifier", str(ckpt),
-                         "--k", "2", "--image-size", "32", "--control-seeds", "2", "--out", str(out)])
+    result = bench.main(
+        [
+            "--data",
+            "cub",
+            "--data-root",
+            str(tmp_path / "cub"),
+            "--classifier",
+            str(ckpt),
+            "--k",
+            "2",
+            "--image-size",
+            "32",
+            "--control-seeds",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
     assert json.loads(out.read_text())["data"] == "cub"
     assert result["eval_images"] == sum(not b.train for b in birds)
     assert result["timings"]["train_images"] == sum(b.train for b in birds)

@@ -9,7 +9,9 @@ from torch import nn
 from explainer.classifiers import ClassifierNet, build_classifier
 
 
-@pytest.mark.parametrize("name", ["digitnet", "digitnet_local", "resnet18", "mobilenet_v3_small", "tests.helpers:tiny_net"])
+@pytest.mark.parametrize(
+    "name", ["digitnet", "digitnet_local", "resnet18", "mobilenet_v3_small", "tests.helpers:tiny_net"]
+)
 def test_names_build_classifiers_with_the_requested_class_count(name):
     net = build_classifier(name, num_classes=7).eval()
     x = torch.randn(2, 3, 64, 64)
@@ -65,10 +67,13 @@ def test_backbone_weights_from_a_file(tmp_path):
         build_classifier("digitnet", 4, weights=str(tmp_path / "w.pt"))  # keys lack the 'features.' prefix
 
 
-@pytest.mark.parametrize("name, message", [
-    ("not_a_model_name_xyz", "unknown classifier|timm"),
-    ("tests.helpers:missing", "cannot import"),
-])
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("not_a_model_name_xyz", "unknown classifier|timm"),
+        ("tests.helpers:missing", "cannot import"),
+    ],
+)
 def test_unknown_names_give_clear_errors(name, message):
     with pytest.raises(ValueError, match=message):
         build_classifier(name, 3)

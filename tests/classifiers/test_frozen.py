@@ -42,8 +42,14 @@ def test_frozen_classifier_survives_a_lightning_fit(tmp_path):
     before = {k: v.clone() for k, v in frozen.state_dict().items()}
     module = _MaskLearner(frozen)
     dm = DigitScenesDataModule(image_size=32, train_scenes=16, val_scenes=8, test_scenes=8, batch_size=8)
-    trainer = pl.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, default_root_dir=tmp_path)
+    trainer = pl.Trainer(
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(module, datamodule=dm)
     assert not frozen.training and all(not m.training for m in frozen.modules())
     after = frozen.state_dict()

@@ -41,9 +41,16 @@ def _train_and_export(spec, tmp_path, **kw):
     """A few steps of Explainer training; returns (module, export folder)."""
     module = ExplainerModule(spec, num_classes=10, class_names=NAMES, **MASK_NET, **kw)
     folder = tmp_path / "export"
-    trainer = pl.Trainer(max_steps=3, limit_val_batches=1, logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, default_root_dir=str(tmp_path), enable_checkpointing=False,
-                         callbacks=[ExportExplainer(folder=str(folder))])
+    trainer = pl.Trainer(
+        max_steps=3,
+        limit_val_batches=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(tmp_path),
+        enable_checkpointing=False,
+        callbacks=[ExportExplainer(folder=str(folder))],
+    )
     trainer.fit(module, datamodule=_dm())
     assert trainer.global_step == 3
     return module, folder
@@ -98,8 +105,9 @@ def test_route_user_factory_and_weights(tmp_path):
     net = _trained_like(tiny_net(10))
     path = tmp_path / "tiny.pt"
     torch.save(net.state_dict(), path)
-    module, _ = _check_route({"source": "tests.helpers:tiny_net", "weights": str(path)}, tmp_path,
-                             lambda: state_hash(net))
+    module, _ = _check_route(
+        {"source": "tests.helpers:tiny_net", "weights": str(path)}, tmp_path, lambda: state_hash(net)
+    )
     images = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(module.classifier(images), net(images))
 
@@ -109,8 +117,9 @@ class TwoOutputs(nn.Module):
 
     def __init__(self, num_classes: int = 10) -> None:
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                                  nn.Flatten())
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+        )
         self.fc = nn.Linear(8, num_classes)
         self.aux = nn.Linear(8, 3)  # the last Linear is not the class output
 
@@ -165,8 +174,7 @@ def test_route_in_memory_module_with_a_dict_output_and_its_own_normalisation(tmp
     dm = _dm()
     images = next(iter(dm.test_dataloader())).image
     pixels = images * torch.tensor(dm.std).view(1, 3, 1, 1) + torch.tensor(dm.mean).view(1, 3, 1, 1)
-    torch.testing.assert_close(module.classifier(images), model((pixels - 0.5) / 0.25)["logits"], atol=1e-4,
-                               rtol=1e-4)
+    torch.testing.assert_close(module.classifier(images), model((pixels - 0.5) / 0.25)["logits"], atol=1e-4, rtol=1e-4)
     # loading a checkpoint of it needs the model again, and a clear error says so
     with pytest.raises(ValueError, match="in memory"):
         load_classifier(module.hparams.classifier["source"])
@@ -175,9 +183,19 @@ def test_route_in_memory_module_with_a_dict_output_and_its_own_normalisation(tmp
 def test_in_memory_module_runs_with_trainer_fit_and_explainer_fit(tmp_path):
     model = _trained_like(digitnet(10))
     before = state_hash(model)
-    exp = explainer.fit(classifier=model, datamodule=_dm(), export=tmp_path / "mine", max_epochs=1,
-                        trainer={"limit_train_batches": 2, "limit_val_batches": 1, "enable_progress_bar": False,
-                                 "default_root_dir": str(tmp_path)}, **MASK_NET)
+    exp = explainer.fit(
+        classifier=model,
+        datamodule=_dm(),
+        export=tmp_path / "mine",
+        max_epochs=1,
+        trainer={
+            "limit_train_batches": 2,
+            "limit_val_batches": 1,
+            "enable_progress_bar": False,
+            "default_root_dir": str(tmp_path),
+        },
+        **MASK_NET,
+    )
     assert state_hash(model) == before
     assert exp.explain(torch.randn(2, 3, 32, 32)).shape == (2, 10, 32, 32)
     assert not model.training and all(not p.requires_grad for p in model.parameters())
@@ -186,8 +204,10 @@ def test_in_memory_module_runs_with_trainer_fit_and_explainer_fit(tmp_path):
 # -- the adapter -------------------------------------------------------------------------------------------
 def test_adapter_turns_probabilities_and_log_probabilities_into_logits():
     z = torch.randn(4, 5) * 3
-    for activation, p, lp in (("sigmoid", torch.sigmoid(z), torch.nn.functional.logsigmoid(z)),
-                              ("softmax", torch.softmax(z, 1), torch.log_softmax(z, 1))):
+    for activation, p, lp in (
+        ("sigmoid", torch.sigmoid(z), torch.nn.functional.logsigmoid(z)),
+        ("softmax", torch.softmax(z, 1), torch.log_softmax(z, 1)),
+    ):
         a = OutputAdapter(returns="probabilities", activation=activation)
         b = OutputAdapter(returns="log_probabilities", activation=activation)
         if activation == "sigmoid":
@@ -229,8 +249,12 @@ def test_class_names_that_differ_list_both(tmp_path):
     with pytest.raises(ValueError, match=r"(?s)classifier \(10\): \['c0'.*data \(10\): \['0'"):
         ExplainerModule(str(path), num_classes=10, class_names=NAMES, **MASK_NET)
     with pytest.raises(ValueError, match=r"(?s)classifier \(3\).*data \(10\)"):
-        ExplainerModule(explainer.classifier(digitnet(3), class_names=["a", "b", "c"]), num_classes=10,
-                        class_names=NAMES, **MASK_NET)
+        ExplainerModule(
+            explainer.classifier(digitnet(3), class_names=["a", "b", "c"]),
+            num_classes=10,
+            class_names=NAMES,
+            **MASK_NET,
+        )
 
 
 def test_a_weights_file_matching_part_of_the_network_needs_the_explicit_option(tmp_path):
@@ -240,8 +264,11 @@ def test_a_weights_file_matching_part_of_the_network_needs_the_explicit_option(t
     torch.save({"foo.weight": torch.zeros(3)}, tmp_path / "other.pt")
     spec = {"source": "digitnet", "weights": str(tmp_path / "backbone.pt")}
     total = len(net.state_dict())
-    with pytest.raises(ValueError, match=rf"fills only {len(partial)} of the {total} tensors.*missing: head.weight"
-                                         r".*allow_partial_weights: true"):
+    with pytest.raises(
+        ValueError,
+        match=rf"fills only {len(partial)} of the {total} tensors.*missing: head.weight"
+        r".*allow_partial_weights: true",
+    ):
         load_classifier(spec, num_classes=10)
     loaded = load_classifier({**spec, "allow_partial_weights": True}, num_classes=10)
     torch.testing.assert_close(loaded.net.features[0][0].weight, net.features[0][0].weight)
@@ -331,8 +358,9 @@ def test_explainer_classifier_takes_a_sub_config_and_names_missing_pretrained_we
 
     net = _trained_like(digitnet(num_classes=10))
     torch.save(net.state_dict(), tmp_path / "d.pt")
-    frozen = explainer.classifier({"source": "digitnet", "weights": str(tmp_path / "d.pt")}, num_classes=10,
-                                  returns="logits")
+    frozen = explainer.classifier(
+        {"source": "digitnet", "weights": str(tmp_path / "d.pt")}, num_classes=10, returns="logits"
+    )
     assert frozen.content_hash == state_hash(net)
 
     def offline(*args, **kwargs):

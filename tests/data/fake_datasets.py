@@ -69,22 +69,47 @@ def voc_images() -> list[FakeImage]:
     """The hand-written VOC images (classes by name for readability)."""
     c = {name: i for i, name in enumerate(VOC_CLASSES)}
     return [
-        FakeImage("000001", 64, 48, [FakeObject(c["dog"], (4, 6, 30, 40)),
-                                     FakeObject(c["person"], (40, 10, 60, 44), difficult=True)], ("train",)),
-        FakeImage("000002", 56, 40, [FakeObject(c["cat"], (2, 2, 20, 20)),
-                                     FakeObject(c["cat"], (30, 15, 50, 36))], ("train",)),
+        FakeImage(
+            "000001",
+            64,
+            48,
+            [FakeObject(c["dog"], (4, 6, 30, 40)), FakeObject(c["person"], (40, 10, 60, 44), difficult=True)],
+            ("train",),
+        ),
+        FakeImage(
+            "000002", 56, 40, [FakeObject(c["cat"], (2, 2, 20, 20)), FakeObject(c["cat"], (30, 15, 50, 36))], ("train",)
+        ),
         FakeImage("000003", 48, 48, [FakeObject(c["car"], (10, 10, 40, 30))], ("val",)),
         FakeImage("000004", 60, 44, [FakeObject(c["bicycle"], (5, 5, 25, 25), difficult=True)], ("val",)),
-        FakeImage("000005", 64, 48, [FakeObject(c["dog"], (6, 8, 28, 40)),
-                                     FakeObject(c["person"], (36, 4, 58, 30))], ("test",), segmented=True),
+        FakeImage(
+            "000005",
+            64,
+            48,
+            [FakeObject(c["dog"], (6, 8, 28, 40)), FakeObject(c["person"], (36, 4, 58, 30))],
+            ("test",),
+            segmented=True,
+        ),
         FakeImage("000006", 40, 56, [FakeObject(c["aeroplane"], (8, 12, 32, 44))], ("test",), segmented=True),
-        FakeImage("000007", 52, 40, [FakeObject(c["horse"], (4, 4, 24, 30)),
-                                     FakeObject(c["horse"], (28, 10, 48, 36), difficult=True)], ("test",)),
+        FakeImage(
+            "000007",
+            52,
+            40,
+            [FakeObject(c["horse"], (4, 4, 24, 30)), FakeObject(c["horse"], (28, 10, 48, 36), difficult=True)],
+            ("test",),
+        ),
     ]
 
 
-def random_images(count: int, width: int, height: int, num_classes: int, seed: int, prefix: str = "",
-                  splits: tuple[str, ...] = ("train",), segmented_every: int = 0) -> list[FakeImage]:
+def random_images(
+    count: int,
+    width: int,
+    height: int,
+    num_classes: int,
+    seed: int,
+    prefix: str = "",
+    splits: tuple[str, ...] = ("train",),
+    segmented_every: int = 0,
+) -> list[FakeImage]:
     """``count`` images of realistic content density (1-4 objects) for benchmarks."""
     rng = np.random.default_rng(seed)
     out = []
@@ -93,8 +118,9 @@ def random_images(count: int, width: int, height: int, num_classes: int, seed: i
         for _ in range(int(rng.integers(1, 5))):
             w, h = int(rng.integers(width // 8, width // 2)), int(rng.integers(height // 8, height // 2))
             x0, y0 = int(rng.integers(0, width - w)), int(rng.integers(0, height - h))
-            objects.append(FakeObject(int(rng.integers(num_classes)), (x0, y0, x0 + w, y0 + h),
-                                      difficult=bool(rng.random() < 0.1)))
+            objects.append(
+                FakeObject(int(rng.integers(num_classes)), (x0, y0, x0 + w, y0 + h), difficult=bool(rng.random() < 0.1))
+            )
         segmented = segmented_every > 0 and i % segmented_every == 0
         out.append(FakeImage(f"{prefix}{i:06d}", width, height, objects, splits, segmented))
     return out
@@ -107,10 +133,12 @@ def _voc_xml(img: FakeImage) -> str:
         f"<xmax>{o.box[2]}</xmax><ymax>{o.box[3]}</ymax></bndbox></object>"
         for o in img.objects
     )
-    return (f"<annotation><folder>VOC2007</folder><filename>{img.id}.jpg</filename>"
-            f"<source><database>The VOC2007 Database</database></source>"
-            f"<size><width>{img.width}</width><height>{img.height}</height><depth>3</depth></size>"
-            f"<segmented>{int(img.segmented)}</segmented>{objs}</annotation>")
+    return (
+        f"<annotation><folder>VOC2007</folder><filename>{img.id}.jpg</filename>"
+        f"<source><database>The VOC2007 Database</database></source>"
+        f"<size><width>{img.width}</width><height>{img.height}</height><depth>3</depth></size>"
+        f"<segmented>{int(img.segmented)}</segmented>{objs}</annotation>"
+    )
 
 
 def voc_label_map(img: FakeImage) -> np.ndarray:
@@ -118,7 +146,7 @@ def voc_label_map(img: FakeImage) -> np.ndarray:
     label = np.zeros((img.height, img.width), dtype=np.uint8)
     for obj in img.objects:
         x0, y0, x1, y1 = obj.box
-        label[max(0, y0 - 1):y1 + 1, max(0, x0 - 1):x1 + 1] = 255
+        label[max(0, y0 - 1) : y1 + 1, max(0, x0 - 1) : x1 + 1] = 255
     for obj in img.objects:
         x0, y0, x1, y1 = obj.box
         label[y0:y1, x0:x1] = obj.cls + 1
@@ -189,8 +217,9 @@ def _rle_counts(mask: np.ndarray) -> list[int]:
     return ([0] + runs) if flat.size and flat[0] == 1 else runs
 
 
-def make_coco2014(root: str | Path, images: dict[str, list[FakeImage]] | None = None,
-                  seed: int = 0) -> dict[str, list[FakeImage]]:
+def make_coco2014(
+    root: str | Path, images: dict[str, list[FakeImage]] | None = None, seed: int = 0
+) -> dict[str, list[FakeImage]]:
     """Writes a COCO 2014 tree under ``root``.
 
     Objects become polygon annotations (the box's rectangle); crowd objects become uncompressed RLE
@@ -215,8 +244,16 @@ def make_coco2014(root: str | Path, images: dict[str, list[FakeImage]] | None = 
             name = f"COCO_{image_set}_{int(img.id):012d}.jpg"
             img.path = root / image_set / name
             _save_jpeg(_draw(img, rng), img.path)
-            entries.append({"id": int(img.id), "file_name": name, "width": img.width, "height": img.height,
-                            "license": 1, "date_captured": "2013-11-14 11:18:45"})
+            entries.append(
+                {
+                    "id": int(img.id),
+                    "file_name": name,
+                    "width": img.width,
+                    "height": img.height,
+                    "license": 1,
+                    "date_captured": "2013-11-14 11:18:45",
+                }
+            )
             for obj in img.objects:
                 x0, y0, x1, y1 = obj.box
                 if obj.crowd:
@@ -225,14 +262,25 @@ def make_coco2014(root: str | Path, images: dict[str, list[FakeImage]] | None = 
                     segmentation = {"counts": _rle_counts(region), "size": [img.height, img.width]}
                 else:
                     segmentation = [[x0, y0, x1, y0, x1, y1, x0, y1]]
-                anns.append({"id": ann_id, "image_id": int(img.id), "category_id": COCO_CATEGORIES[obj.cls][0],
-                             "segmentation": segmentation, "area": float((x1 - x0) * (y1 - y0)),
-                             "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
-                             "iscrowd": int(obj.crowd)})
+                anns.append(
+                    {
+                        "id": ann_id,
+                        "image_id": int(img.id),
+                        "category_id": COCO_CATEGORIES[obj.cls][0],
+                        "segmentation": segmentation,
+                        "area": float((x1 - x0) * (y1 - y0)),
+                        "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
+                        "iscrowd": int(obj.crowd),
+                    }
+                )
                 ann_id += 1
-        content = {"info": {"description": "fake COCO 2014", "year": 2014}, "licenses": [{"id": 1, "name": "x"}],
-                   "images": entries, "annotations": anns,
-                   "categories": [{"id": cid, "name": name, "supercategory": "thing"} for cid, name in COCO_CATEGORIES]}
+        content = {
+            "info": {"description": "fake COCO 2014", "year": 2014},
+            "licenses": [{"id": 1, "name": "x"}],
+            "images": entries,
+            "annotations": anns,
+            "categories": [{"id": cid, "name": name, "supercategory": "thing"} for cid, name in COCO_CATEGORIES],
+        }
         (root / "annotations" / f"instances_{image_set}.json").write_text(json.dumps(content))
     return images
 
@@ -255,8 +303,23 @@ def snapshot(root: str | Path) -> dict[str, tuple[int, int]]:
     return out
 
 
-CUB_PARTS = ("back", "beak", "belly", "breast", "crown", "forehead", "left eye", "left leg", "left wing", "nape",
-             "right eye", "right leg", "right wing", "tail", "throat")
+CUB_PARTS = (
+    "back",
+    "beak",
+    "belly",
+    "breast",
+    "crown",
+    "forehead",
+    "left eye",
+    "left leg",
+    "left wing",
+    "nape",
+    "right eye",
+    "right leg",
+    "right wing",
+    "tail",
+    "throat",
+)
 
 
 @dataclass
@@ -289,12 +352,24 @@ def make_cub200(root: str | Path, num_classes: int = 3, per_class: int = 4, seed
             width, height = int(rng.integers(60, 90)), int(rng.integers(50, 80))
             x, y = float(rng.integers(2, 15)), float(rng.integers(2, 12))
             w, h = float(rng.integers(20, width - x - 1)), float(rng.integers(20, height - y - 1))
-            parts = [None if rng.random() < 0.3 else (float(round(x + rng.uniform(0, w), 1)),
-                                                         float(round(y + rng.uniform(0, h), 1))) for _ in CUB_PARTS]
-            bird = FakeBird(image_id, c, j % 2 == 0, width, height, (x, y, w, h), parts,
-                            f"{class_dir}/Fake_Bird_{c}_{image_id:04d}.jpg")
+            parts = [
+                None
+                if rng.random() < 0.3
+                else (float(round(x + rng.uniform(0, w), 1)), float(round(y + rng.uniform(0, h), 1)))
+                for _ in CUB_PARTS
+            ]
+            bird = FakeBird(
+                image_id,
+                c,
+                j % 2 == 0,
+                width,
+                height,
+                (x, y, w, h),
+                parts,
+                f"{class_dir}/Fake_Bird_{c}_{image_id:04d}.jpg",
+            )
             pixels = rng.integers(0, 40, (height, width, 3), dtype=np.uint8)
-            pixels[int(y):int(y + h), int(x):int(x + w)] = 230
+            pixels[int(y) : int(y + h), int(x) : int(x + w)] = 230
             _save_jpeg(pixels, folder / "images" / bird.path)
             birds.append(bird)
     (folder / "classes.txt").write_text("".join(f"{c + 1} {c + 1:03d}.Fake_Bird_{c}\n" for c in range(num_classes)))
@@ -303,7 +378,11 @@ def make_cub200(root: str | Path, num_classes: int = 3, per_class: int = 4, seed
     (folder / "image_class_labels.txt").write_text("".join(f"{b.image_id} {b.cls + 1}\n" for b in birds))
     (folder / "train_test_split.txt").write_text("".join(f"{b.image_id} {int(b.train)}\n" for b in birds))
     (folder / "bounding_boxes.txt").write_text("".join(f"{b.image_id} {' '.join(map(str, b.box))}\n" for b in birds))
-    (folder / "parts" / "part_locs.txt").write_text("".join(
-        f"{b.image_id} {p + 1} {xy[0] if xy else 0.0} {xy[1] if xy else 0.0} {int(xy is not None)}\n"
-        for b in birds for p, xy in enumerate(b.parts)))
+    (folder / "parts" / "part_locs.txt").write_text(
+        "".join(
+            f"{b.image_id} {p + 1} {xy[0] if xy else 0.0} {xy[1] if xy else 0.0} {int(xy is not None)}\n"
+            for b in birds
+            for p, xy in enumerate(b.parts)
+        )
+    )
     return birds

@@ -8,15 +8,38 @@ from explainer.cli import make_cli
 from explainer.data import COCO2014DataModule, DigitScenes, FolderDataModule, VOC2007DataModule
 from tests.data.fake_datasets import make_coco2014, make_voc2007
 
-TINY = ["--model.init_args.backbone", "tests.helpers:tiny_net", "--data.init_args.image_size", "32",
-        "--data.init_args.batch_size", "2", "--data.init_args.num_workers", "0",
-        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+TINY = [
+    "--model.init_args.backbone",
+    "tests.helpers:tiny_net",
+    "--data.init_args.image_size",
+    "32",
+    "--data.init_args.batch_size",
+    "2",
+    "--data.init_args.num_workers",
+    "0",
+    "--trainer.enable_progress_bar",
+    "false",
+    "--trainer.enable_model_summary",
+    "false",
+]
 
 
 def run(repo, subcommand, data_config, root, *extra):
-    return make_cli([subcommand, "--config", str(repo / "configs/data" / data_config),
-                     "--config", str(repo / "configs/model/classifier.yaml"),
-                     "--data.init_args.root", str(root), "--trainer.fast_dev_run", "true", *TINY, *extra])
+    return make_cli(
+        [
+            subcommand,
+            "--config",
+            str(repo / "configs/data" / data_config),
+            "--config",
+            str(repo / "configs/model/classifier.yaml"),
+            "--data.init_args.root",
+            str(root),
+            "--trainer.fast_dev_run",
+            "true",
+            *TINY,
+            *extra,
+        ]
+    )
 
 
 def test_voc2007_config_fits_and_tests(repo, in_tmp):
@@ -48,7 +71,15 @@ def test_folder_config_fits_on_saved_digit_scenes(repo, in_tmp):
 
 @pytest.mark.parametrize("config", ["voc2007.yaml", "coco2014.yaml"])
 def test_configs_parse_without_data(repo, in_tmp, config):
-    cli = make_cli(["--config", str(repo / "configs/data" / config), "--config",
-                    str(repo / "configs/model/classifier.yaml"), "--model.init_args.backbone",
-                    "tests.helpers:tiny_net"], run=False)
+    cli = make_cli(
+        [
+            "--config",
+            str(repo / "configs/data" / config),
+            "--config",
+            str(repo / "configs/model/classifier.yaml"),
+            "--model.init_args.backbone",
+            "tests.helpers:tiny_net",
+        ],
+        run=False,
+    )
     assert cli.datamodule.batch_size == 16 and cli.datamodule.hparams.image_size == 224

@@ -91,8 +91,10 @@ def test_splits_subsets_are_seeded_saved_and_read_back(coco, tmp_path):
     third.setup("test")
     assert third.datasets["test"].ids == other
     # without saving, the seed alone decides; some other seed gives another list
-    draws = {tuple(COCO2014DataModule(root=str(root), test_size=2, subset_seed=s, splits_dir=None).split_ids("test")[1])
-             for s in range(6)}
+    draws = {
+        tuple(COCO2014DataModule(root=str(root), test_size=2, subset_seed=s, splits_dir=None).split_ids("test")[1])
+        for s in range(6)
+    }
     assert len(draws) > 1
 
 
@@ -105,22 +107,30 @@ def test_validation_on_val2014_when_nothing_is_split_off(coco):
 
 def test_masks_for_evaluation_splits_only_by_default(coco):
     root, _ = coco
-    dm = COCO2014DataModule(str(root), val_fraction=0.0, image_size=16, batch_size=8, num_workers=0,
-                            splits_dir=None)
+    dm = COCO2014DataModule(str(root), val_fraction=0.0, image_size=16, batch_size=8, num_workers=0, splits_dir=None)
     dm.setup("fit")
     assert next(iter(dm.train_dataloader())).masks is None
     val = next(iter(dm.val_dataloader()))
     assert val.masks.shape == (4, 80, 16, 16) and val.mask_valid.all()
-    dm = COCO2014DataModule(str(root), val_fraction=0.0, image_size=16, batch_size=8, num_workers=0,
-                            splits_dir=None, train_masks=True)
+    dm = COCO2014DataModule(
+        str(root), val_fraction=0.0, image_size=16, batch_size=8, num_workers=0, splits_dir=None, train_masks=True
+    )
     dm.setup("fit")
     assert next(iter(dm.train_dataloader())).masks is not None
 
 
 def test_masks_and_boxes_stay_on_the_objects(coco):
     root, truth = coco
-    dm = COCO2014DataModule(str(root), val_fraction=0.0, image_size=32, batch_size=4, num_workers=0,
-                            splits_dir=None, mean=(0, 0, 0), std=(1, 1, 1))
+    dm = COCO2014DataModule(
+        str(root),
+        val_fraction=0.0,
+        image_size=32,
+        batch_size=4,
+        num_workers=0,
+        splits_dir=None,
+        mean=(0, 0, 0),
+        std=(1, 1, 1),
+    )
     dm.setup("test")
     batch = next(iter(dm.test_dataloader()))
     for b, image_id in enumerate(batch.ids):
@@ -159,8 +169,9 @@ def test_corrupt_image_is_named_or_skipped_and_counted(tmp_path):
     truncate_file(images["val2014"][1].path)  # id 74
     with pytest.raises(CorruptImageError, match="COCO_val2014_000000000074.jpg"):
         COCO2014Dataset(tmp_path, "val2014", image_ids=[74])[0]
-    dm = COCO2014DataModule(str(tmp_path), val_fraction=0.0, image_size=16, batch_size=2, num_workers=0,
-                            splits_dir=None, skip_corrupt=True)
+    dm = COCO2014DataModule(
+        str(tmp_path), val_fraction=0.0, image_size=16, batch_size=2, num_workers=0, splits_dir=None, skip_corrupt=True
+    )
     dm.setup("test")
     with pytest.warns(RuntimeWarning, match="1 corrupt image"):
         ids = [i for batch in dm.test_dataloader() for i in batch.ids]
@@ -170,8 +181,16 @@ def test_corrupt_image_is_named_or_skipped_and_counted(tmp_path):
 def test_a_full_pass_writes_nothing_in_the_dataset_folder(tmp_path):
     make_coco2014(tmp_path / "coco")
     before = snapshot(tmp_path / "coco")
-    dm = COCO2014DataModule(str(tmp_path / "coco"), val_fraction=0.2, test_size=3, image_size=16, batch_size=4,
-                            num_workers=0, splits_dir=str(tmp_path / "splits"), augment=True)
+    dm = COCO2014DataModule(
+        str(tmp_path / "coco"),
+        val_fraction=0.2,
+        test_size=3,
+        image_size=16,
+        batch_size=4,
+        num_workers=0,
+        splits_dir=str(tmp_path / "splits"),
+        augment=True,
+    )
     dm.setup()
     for loader in (dm.train_dataloader(), dm.val_dataloader(), dm.test_dataloader()):
         for _ in loader:

@@ -22,7 +22,9 @@ def write_image(path, width=24, height=16, value=40):
 @pytest.fixture(scope="module")
 def digits_folder(tmp_path_factory):
     root = tmp_path_factory.mktemp("digits")
-    scenes = {s: DigitScenes(s, num_scenes=n, image_size=32, seed=5) for s, n in (("train", 6), ("val", 3), ("test", 3))}
+    scenes = {
+        s: DigitScenes(s, num_scenes=n, image_size=32, seed=5) for s, n in (("train", 6), ("val", 3), ("test", 3))
+    }
     for split, ds in scenes.items():
         ds.save(root / split)
     return root, scenes
@@ -61,12 +63,15 @@ def test_csv_with_split_column_and_both_separators(tmp_path):
     dm = FolderDataModule(str(tmp_path), annotations="labels.csv", image_size=8, batch_size=2, num_workers=0)
     assert dm.class_names == ["bird", "cat", "dog"]  # sorted, from the file
     dm.setup()
-    labels = {s: [dm.datasets[s][i].labels.tolist() for i in range(len(dm.datasets[s]))] for s in ("train", "val", "test")}
+    labels = {
+        s: [dm.datasets[s][i].labels.tolist() for i in range(len(dm.datasets[s]))] for s in ("train", "val", "test")
+    }
     assert labels == {"train": [[0, 1, 1], [1, 1, 0]], "val": [[0, 0, 0]], "test": [[0, 0, 1]]}
     sample = dm.datasets["train"][0]
     assert sample.id == "a" and sample.boxes.shape == (0, 4) and sample.masks is None
-    pinned = FolderDataModule(str(tmp_path), annotations="labels.csv", classes=["dog", "cat", "bird", "fish"],
-                              image_size=8, num_workers=0)
+    pinned = FolderDataModule(
+        str(tmp_path), annotations="labels.csv", classes=["dog", "cat", "bird", "fish"], image_size=8, num_workers=0
+    )
     pinned.setup("test")
     assert pinned.datasets["test"][0].labels.tolist() == [1, 0, 0, 0]
 
@@ -78,8 +83,9 @@ def test_csv_missing_image_or_unknown_class_names_the_row(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"train.csv row 3: image file .*missing.png"):
         dm.setup("fit")
     (tmp_path / "train.csv").write_text("image,labels\na.png,cat|dgo\n")
-    dm = FolderDataModule(str(tmp_path), train_file="train.csv", val_file=None, test_file=None,
-                          classes=["cat", "dog"], num_workers=0)
+    dm = FolderDataModule(
+        str(tmp_path), train_file="train.csv", val_file=None, test_file=None, classes=["cat", "dog"], num_workers=0
+    )
     with pytest.raises(ValueError, match=r"train.csv row 2: unknown class 'dgo'"):
         dm.setup("fit")
 
@@ -92,11 +98,25 @@ def test_json_with_a_split_field_boxes_and_masks(tmp_path):
     label[0, :] = 255  # void
     (tmp_path / "img").mkdir(exist_ok=True)
     Image.fromarray(label).save(tmp_path / "img/x_mask.png")
-    (tmp_path / "all.json").write_text(json.dumps({"classes": ["a", "b"], "images": [
-        {"image": "img/x.png", "mask": "img/x_mask.png", "split": "train",
-         "boxes": [{"label": "b", "box": [4, 2, 12, 6]}, {"label": "a", "box": [0, 0, 2, 2], "difficult": True}]},
-        {"image": "img/y.png", "labels": ["a"], "split": "val", "id": "why"},
-    ]}))
+    (tmp_path / "all.json").write_text(
+        json.dumps(
+            {
+                "classes": ["a", "b"],
+                "images": [
+                    {
+                        "image": "img/x.png",
+                        "mask": "img/x_mask.png",
+                        "split": "train",
+                        "boxes": [
+                            {"label": "b", "box": [4, 2, 12, 6]},
+                            {"label": "a", "box": [0, 0, 2, 2], "difficult": True},
+                        ],
+                    },
+                    {"image": "img/y.png", "labels": ["a"], "split": "val", "id": "why"},
+                ],
+            }
+        )
+    )
     dm = FolderDataModule(str(tmp_path), annotations="all.json", image_size=10, num_workers=0)
     dm.setup("fit")
     x = dm.datasets["train"][0]
@@ -135,8 +155,7 @@ def test_corrupt_image_is_named_or_skipped(digits_folder, tmp_path):
     dm.setup("fit")
     with pytest.raises(CorruptImageError, match="val-000001.png"):
         dm.datasets["val"][1]
-    dm = FolderDataModule(str(tmp_path), test_file=None, image_size=16, num_workers=0, batch_size=2,
-                          skip_corrupt=True)
+    dm = FolderDataModule(str(tmp_path), test_file=None, image_size=16, num_workers=0, batch_size=2, skip_corrupt=True)
     dm.setup("fit")
     with pytest.warns(RuntimeWarning, match="1 corrupt image"):
         ids = [i for batch in dm.val_dataloader() for i in batch.ids]

@@ -20,9 +20,16 @@ def patch_sample(width: int, height: int, box: tuple[int, int, int, int], cls: i
     mask[0, y0:y1, x0:x1] = True
     labels = torch.zeros(NUM_CLASSES)
     labels[cls] = 1
-    return RawSample(image=image, labels=labels, boxes=torch.tensor([box], dtype=torch.float32),
-                     box_labels=torch.tensor([cls]), difficult=torch.tensor([True]), masks=mask,
-                     mask_classes=torch.tensor([cls]), id="patch")
+    return RawSample(
+        image=image,
+        labels=labels,
+        boxes=torch.tensor([box], dtype=torch.float32),
+        box_labels=torch.tensor([cls]),
+        difficult=torch.tensor([True]),
+        masks=mask,
+        mask_classes=torch.tensor([cls]),
+        id="patch",
+    )
 
 
 def centres_inside(box: torch.Tensor, size: int) -> torch.Tensor:
@@ -121,7 +128,11 @@ def test_normalisation_uses_the_given_constants_and_jitter_leaves_annotations_al
 
 def test_images_without_boxes_or_mask_channels():
     raw = patch_sample(30, 20, (0, 0, 5, 5))
-    raw.boxes, raw.box_labels, raw.difficult = torch.zeros(0, 4), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.bool)
+    raw.boxes, raw.box_labels, raw.difficult = (
+        torch.zeros(0, 4),
+        torch.zeros(0, dtype=torch.long),
+        torch.zeros(0, dtype=torch.bool),
+    )
     raw.masks, raw.mask_classes = torch.zeros(0, 20, 30, dtype=torch.bool), torch.zeros(0, dtype=torch.long)
     s = identity_norm(image_size=16, augment=True)(raw)
     assert s.boxes.shape == (0, 4) and s.masks.shape == (NUM_CLASSES, 16, 16) and not s.masks.any()
@@ -149,7 +160,8 @@ def test_keypoints_follow_a_stretch_exactly():
 
 def test_keypoints_mirror_like_box_corners_under_a_flip():
     s = identity_norm(image_size=40, resize="stretch", augment=True, hflip=1.0, rotation=0, colour_jitter=0)(
-        keypoint_sample(40, 40))
+        keypoint_sample(40, 40)
+    )
     torch.testing.assert_close(s.keypoints[0, :2], torch.tensor([[35.0, 3.0], [27.0, 11.0]]))
     # the mirrored box holds the mirrored points, as it held the originals
     x0, _, x1, _ = s.boxes[0].tolist()

@@ -147,8 +147,9 @@ def test_download_is_passed_to_torchvision_only_when_lists_are_missing(tmp_path,
 def test_a_full_pass_writes_nothing_in_the_dataset_folder(tmp_path):
     make_voc2007(tmp_path)
     before = snapshot(tmp_path)
-    dm = VOC2007DataModule(str(tmp_path), train_split="trainval", image_size=16, batch_size=4, num_workers=0,
-                           augment=True)
+    dm = VOC2007DataModule(
+        str(tmp_path), train_split="trainval", image_size=16, batch_size=4, num_workers=0, augment=True
+    )
     dm.setup()
     for loader in (dm.train_dataloader(), dm.val_dataloader(), dm.test_dataloader()):
         for _ in loader:
@@ -182,8 +183,9 @@ def test_workers_share_the_skip_count(tmp_path):
     images = make_voc2007(tmp_path)
     for img in images[:3]:
         truncate_file(img.path)  # 000001 / 000002 (train) and 000003 (val)
-    dm = VOC2007DataModule(str(tmp_path), train_split="trainval", image_size=16, batch_size=1, num_workers=2,
-                           skip_corrupt=True)
+    dm = VOC2007DataModule(
+        str(tmp_path), train_split="trainval", image_size=16, batch_size=1, num_workers=2, skip_corrupt=True
+    )
     dm.setup("fit")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

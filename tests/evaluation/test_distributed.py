@@ -38,9 +38,25 @@ def explainer(classifier, tmp_path_factory):
 
 
 def _args(repo, ckpt, out, scenes: int, methods: str, *extra: str) -> list[str]:
-    return ["--data", str(repo / "configs/data/digits.yaml"), "--data-arg", "image_size=32",
-            "--data-arg", f"test_scenes={scenes}", "--data-arg", "batch_size=4", "--classifier", str(ckpt),
-            "--out", str(out), "--methods", methods, *METRICS, *QUIET, *extra]
+    return [
+        "--data",
+        str(repo / "configs/data/digits.yaml"),
+        "--data-arg",
+        "image_size=32",
+        "--data-arg",
+        f"test_scenes={scenes}",
+        "--data-arg",
+        "batch_size=4",
+        "--classifier",
+        str(ckpt),
+        "--out",
+        str(out),
+        "--methods",
+        methods,
+        *METRICS,
+        *QUIET,
+        *extra,
+    ]
 
 
 def _environment(repo) -> dict[str, str]:
@@ -52,8 +68,12 @@ def _environment(repo) -> dict[str, str]:
 
 def _run(commands: list[list[str]], repo, cwd) -> None:
     """Starts every command at once (the nodes of one job) and waits for all of them."""
-    procs = [subprocess.Popen(c, cwd=cwd, env=_environment(repo), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True) for c in commands]
+    procs = [
+        subprocess.Popen(
+            c, cwd=cwd, env=_environment(repo), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for c in commands
+    ]
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     for proc, output in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, output[-4000:]
@@ -97,18 +117,23 @@ def test_two_ddp_processes_give_the_rows_of_one_and_resume(classifier, explainer
     one_settings = json.loads((tmp_path / "one" / "settings.json").read_text())
     (out / "results.json").write_text(json.dumps(kept))
     (out / "settings.json").write_text(json.dumps(one_settings))
-    command = [sys.executable, partial_nan.__file__,  # evaluate.py with partial_nan registered
-               *_args(repo, classifier, out, 14, methods, "--resume", *DDP_CPU, "--trainer.devices", "2")]
+    command = [
+        sys.executable,
+        partial_nan.__file__,  # evaluate.py with partial_nan registered
+        *_args(repo, classifier, out, 14, methods, "--resume", *DDP_CPU, "--trainer.devices", "2"),
+    ]
     _run([command], repo, tmp_path)
     multi = json.loads((out / "results.json").read_text())
-    assert multi[:len(kept)] == kept  # reused verbatim
+    assert multi[: len(kept)] == kept  # reused verbatim
     _assert_same_rows(single, multi)
     assert {r["method"] for r in multi} == {"centre", "gradient", "gradcam", "oracle", "explainer", "partial_nan"}
     assert [r["n"] for r in multi if r["metric"] == "seconds_per_image"] == [14] * 6
     iou = {r["method"]: r["stderr"] for r in multi if r["metric"] == "segmentation.c_iou"}
     assert len(iou) == 6 and all(e > 0 for m, e in iou.items() if m != "oracle")  # 4 batches on two ranks
     assert iou["oracle"] == pytest.approx(0, abs=1e-6)  # the true masks score 1 on every batch
-    invalid = {r["metric"]: r["value"] for r in multi if r["method"] == "partial_nan" and r["metric"].endswith("invalid")}
+    invalid = {
+        r["metric"]: r["value"] for r in multi if r["method"] == "partial_nan" and r["metric"].endswith("invalid")
+    }
     first_images = [0, 4, 8, 12]  # the pairs of the first image of each batch, on both ranks
     spec = data_spec(str(repo / "configs/data/digits.yaml"), ["image_size=32", "test_scenes=14", "batch_size=4"])
     test_split = DigitScenesDataModule(**spec["init_args"])._dataset("test")
@@ -126,11 +151,35 @@ def test_two_torchrun_nodes_give_the_rows_of_one(classifier, explainer, repo, tm
     single = main(_args(repo, classifier, tmp_path / "one", 10, methods))
     port = str(_free_port())
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-    commands = [[torchrun, "--nnodes", "2", "--node-rank", str(rank), "--nproc-per-node", "1",
-                 "--master-addr", "127.0.0.1", "--master-port", port, str(repo / "evaluate.py"),
-                 *_args(repo, classifier, tmp_path / "two", 10, methods, *DDP_CPU, "--trainer.devices", "1",
-                        "--trainer.num_nodes", "2")]
-                for rank in (0, 1)]
+    commands = [
+        [
+            torchrun,
+            "--nnodes",
+            "2",
+            "--node-rank",
+            str(rank),
+            "--nproc-per-node",
+            "1",
+            "--master-addr",
+            "127.0.0.1",
+            "--master-port",
+            port,
+            str(repo / "evaluate.py"),
+            *_args(
+                repo,
+                classifier,
+                tmp_path / "two",
+                10,
+                methods,
+                *DDP_CPU,
+                "--trainer.devices",
+                "1",
+                "--trainer.num_nodes",
+                "2",
+            ),
+        ]
+        for rank in (0, 1)
+    ]
     _run(commands, repo, tmp_path)
     multi = json.loads((tmp_path / "two" / "results.json").read_text())
     _assert_same_rows(single, multi)
@@ -143,12 +192,30 @@ def test_device_shorthands_are_trainer_options():
     assert device_options("auto", None) == []
     assert device_options("cpu", None) == ["--trainer.accelerator", "cpu", "--trainer.devices", "1"]
     assert device_options("cuda:1", None) == ["--trainer.accelerator", "gpu", "--trainer.devices", "[1]"]
-    assert device_options("auto", "cpu:3") == ["--trainer.accelerator", "cpu", "--trainer.devices", "3",
-                                               "--trainer.strategy", "ddp"]
-    assert device_options("auto", "2") == ["--trainer.accelerator", "auto", "--trainer.devices", "2",
-                                           "--trainer.strategy", "ddp"]
-    assert device_options("auto", "cuda:0,cuda:2") == ["--trainer.accelerator", "gpu", "--trainer.devices",
-                                                       "[0, 2]", "--trainer.strategy", "ddp"]
+    assert device_options("auto", "cpu:3") == [
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.devices",
+        "3",
+        "--trainer.strategy",
+        "ddp",
+    ]
+    assert device_options("auto", "2") == [
+        "--trainer.accelerator",
+        "auto",
+        "--trainer.devices",
+        "2",
+        "--trainer.strategy",
+        "ddp",
+    ]
+    assert device_options("auto", "cuda:0,cuda:2") == [
+        "--trainer.accelerator",
+        "gpu",
+        "--trainer.devices",
+        "[0, 2]",
+        "--trainer.strategy",
+        "ddp",
+    ]
     for spec in ("0", "cpu:0", "cpu:x", "", "gpu:1", "cpu,", "cuda:0,cuda:0"):
         with pytest.raises(ValueError, match=f"--devices '{spec}': use a count"):
             device_options("auto", spec)
@@ -162,16 +229,31 @@ def test_bad_devices_fail_before_any_work(classifier, repo, tmp_path):
     with pytest.raises(ValueError, match=r"unknown option\(s\) \['--bogus'\]"):
         main(_args(repo, classifier, tmp_path / "b", 8, "centre", "--bogus", "1"))
     with pytest.raises(ValueError, match="--trainer.strategy ddp_spawn: evaluate.py needs every process"):
-        main(_args(repo, classifier, tmp_path / "c", 8, "centre", "--trainer.strategy", "ddp_spawn",
-                   "--trainer.devices", "2", "--trainer.accelerator", "cpu"))
+        main(
+            _args(
+                repo,
+                classifier,
+                tmp_path / "c",
+                8,
+                "centre",
+                "--trainer.strategy",
+                "ddp_spawn",
+                "--trainer.devices",
+                "2",
+                "--trainer.accelerator",
+                "cpu",
+            )
+        )
     assert not any((tmp_path / name).exists() for name in "abc")
 
 
 def test_a_failing_rank_fails_the_run(classifier, repo, tmp_path):
     missing = tmp_path / "missing"
-    command = [sys.executable, str(repo / "evaluate.py"),
-               *_args(repo, classifier, tmp_path / "out", 8, f"explainer={missing}", *DDP_CPU,
-                      "--trainer.devices", "2")]
+    command = [
+        sys.executable,
+        str(repo / "evaluate.py"),
+        *_args(repo, classifier, tmp_path / "out", 8, f"explainer={missing}", *DDP_CPU, "--trainer.devices", "2"),
+    ]
     run = subprocess.run(command, cwd=tmp_path, env=_environment(repo), capture_output=True, text=True, timeout=300)
     assert run.returncode != 0
     assert "missing" in run.stderr

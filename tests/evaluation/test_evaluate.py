@@ -24,9 +24,18 @@ QUIET = ["--trainer.enable_progress_bar", "false"]
 
 
 def _trainer(tmp_path, **kw) -> pl.Trainer:
-    return pl.Trainer(**{"logger": False, "enable_progress_bar": False, "enable_model_summary": False,
-                         "enable_checkpointing": False, "inference_mode": False, "use_distributed_sampler": False,
-                         "default_root_dir": str(tmp_path), **kw})
+    return pl.Trainer(
+        **{
+            "logger": False,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "enable_checkpointing": False,
+            "inference_mode": False,
+            "use_distributed_sampler": False,
+            "default_root_dir": str(tmp_path),
+            **kw,
+        }
+    )
 
 
 @pytest.fixture
@@ -40,15 +49,37 @@ def setup(tmp_path, repo):
 def test_every_method_by_every_metric_and_resume(setup, tmp_path):
     ckpt, export, data = setup
     out = tmp_path / "results"
-    args = ["--data", str(data), *DATA_ARGS, "--classifier", str(ckpt), "--out", str(out), *QUIET,
-            "--metrics", "all", "--insertion-step", "64", "--methods", f"explainer={export},centre,uniform,gradcam"]
+    args = [
+        "--data",
+        str(data),
+        *DATA_ARGS,
+        "--classifier",
+        str(ckpt),
+        "--out",
+        str(out),
+        *QUIET,
+        "--metrics",
+        "all",
+        "--insertion-step",
+        "64",
+        "--methods",
+        f"explainer={export},centre,uniform,gradcam",
+    ]
     rows = main(args)
     methods = {r["method"] for r in rows}
     assert methods == {"explainer", "centre", "uniform", "gradcam"}
     metrics = {r["metric"] for r in rows if r["method"] == "explainer"}
-    for key in ("pointing_game.accuracy", "segmentation.c_iou", "box_iou.c_iou", "saliency.saliency",
-                "insertion_deletion.insertion", "insertion_deletion.deletion", "class_specificity.own_mask",
-                "energy_pointing_game.energy", "seconds_per_image"):
+    for key in (
+        "pointing_game.accuracy",
+        "segmentation.c_iou",
+        "box_iou.c_iou",
+        "saliency.saliency",
+        "insertion_deletion.insertion",
+        "insertion_deletion.deletion",
+        "class_specificity.own_mask",
+        "energy_pointing_game.energy",
+        "seconds_per_image",
+    ):
         assert key in metrics
     assert all(set(r) == {"method", "metric", "value", "n", "stderr", "targets"} for r in rows)
     assert all(r["targets"] == "labels" for r in rows)
@@ -79,8 +110,20 @@ def test_every_method_by_every_metric_and_resume(setup, tmp_path):
 def test_resume_refuses_other_settings_and_a_truncated_file(setup, tmp_path):
     ckpt, _, data = setup
     out = tmp_path / "results"
-    args = ["--data", str(data), *DATA_ARGS, "--classifier", str(ckpt), "--out", str(out), *QUIET,
-            "--metrics", "pointing_game", "--methods", "centre"]
+    args = [
+        "--data",
+        str(data),
+        *DATA_ARGS,
+        "--classifier",
+        str(ckpt),
+        "--out",
+        str(out),
+        *QUIET,
+        "--metrics",
+        "pointing_game",
+        "--methods",
+        "centre",
+    ]
     main(args)
     with pytest.raises(FileExistsError, match="other settings.*limit"):
         main([*args, "--methods", "centre,uniform", "--resume", "--limit", "6"])
@@ -121,8 +164,20 @@ def test_a_run_stopped_in_a_method_keeps_the_finished_methods(setup, tmp_path, m
     ckpt, _, data = setup
     monkeypatch.setitem(base.METHODS._entries, "broken", _Broken)  # registered for this test only
     out = tmp_path / "results"
-    args = ["--data", str(data), *DATA_ARGS, "--classifier", str(ckpt), "--out", str(out), *QUIET,
-            "--metrics", "pointing_game", "--methods", "centre,broken,uniform"]
+    args = [
+        "--data",
+        str(data),
+        *DATA_ARGS,
+        "--classifier",
+        str(ckpt),
+        "--out",
+        str(out),
+        *QUIET,
+        "--metrics",
+        "pointing_game",
+        "--methods",
+        "centre,broken,uniform",
+    ]
     with pytest.raises(RuntimeError, match="stopped in the middle"):
         main(args)
     kept = json.loads((out / "results.json").read_text())
@@ -165,8 +220,9 @@ def test_nan_and_constant_maps_are_counted_not_fatal(setup, tmp_path):
     ckpt, _, _ = setup
     classifier = FrozenClassifier.from_checkpoint(ckpt)
     dm = DigitScenesDataModule(image_size=32, test_scenes=6, batch_size=6)
-    settings = EvaluationSettings(metrics=["pointing_game", "insertion_deletion", "segmentation", "saliency"],
-                                  insertion_step=64)
+    settings = EvaluationSettings(
+        metrics=["pointing_game", "insertion_deletion", "segmentation", "saliency"], insertion_step=64
+    )
     module = AttributionEvaluation("nan", _NaNMethod(), classifier, dm, settings)
     _trainer(tmp_path).test(module, verbose=False)
     value = {r["metric"]: r["value"] for r in module.rows}
@@ -190,8 +246,9 @@ def test_batches_are_dealt_round_robin_without_padding():
 
 def test_limit_truncates_the_streamed_test_split(tmp_path):
     dm = DigitScenesDataModule(image_size=32, test_scenes=10, batch_size=4)
-    module = AttributionEvaluation("centre", build_method("centre"), None, dm,
-                                   EvaluationSettings(metrics=["box_iou"], limit=7))
+    module = AttributionEvaluation(
+        "centre", build_method("centre"), None, dm, EvaluationSettings(metrics=["box_iou"], limit=7)
+    )
     _trainer(tmp_path).test(module, verbose=False)
     loader = module.test_dataloader()
     batches = list(loader)
@@ -213,8 +270,13 @@ def test_validation_callback_and_evaluation_report_equal_values(setup, tmp_path)
     logged = {k.removeprefix("test/labels/"): float(v) for k, v in trainer.logged_metrics.items()}
     export = export_explainer(module, tmp_path / "export")
     names = list(ExplainerMetrics.VALIDATION_METRICS)
-    evaluation = AttributionEvaluation("explainer", build_method("explainer", path=str(export)),
-                                       module.classifier, dm, EvaluationSettings(metrics=names))
+    evaluation = AttributionEvaluation(
+        "explainer",
+        build_method("explainer", path=str(export)),
+        module.classifier,
+        dm,
+        EvaluationSettings(metrics=names),
+    )
     _trainer(tmp_path).test(evaluation, verbose=False)
     rows = {r["metric"]: r["value"] for r in evaluation.rows}
     shared = [k for k in rows if k in logged]
@@ -257,14 +319,30 @@ def test_evaluate_takes_every_route_to_the_same_classifier(tmp_path, repo):
     net = FrozenClassifier.from_checkpoint(ckpt, num_classes=10).net
     torch.save(net.state_dict(), tmp_path / "digitnet.pt")
     torch.jit.save(torch.jit.trace(net, torch.randn(1, 3, 32, 32)), tmp_path / "digitnet.ts")
-    routes = {"checkpoint": ["--classifier", str(ckpt)],
-              "state dict": ["--classifier", "digitnet", "--classifier-option", f"weights={tmp_path / 'digitnet.pt'}"],
-              "torchscript": ["--classifier", str(tmp_path / "digitnet.ts")]}
+    routes = {
+        "checkpoint": ["--classifier", str(ckpt)],
+        "state dict": ["--classifier", "digitnet", "--classifier-option", f"weights={tmp_path / 'digitnet.pt'}"],
+        "torchscript": ["--classifier", str(tmp_path / "digitnet.ts")],
+    }
     values = {}
     for name, classifier in routes.items():
-        rows = main(["--data", str(repo / "configs/data/digits.yaml"), *DATA_ARGS, *classifier, *QUIET,
-                     "--out", str(tmp_path / name.replace(" ", "_")), "--methods", "gradient,centre",
-                     "--metrics", "pointing_game,saliency,insertion_deletion", "--insertion-step", "64"])
+        rows = main(
+            [
+                "--data",
+                str(repo / "configs/data/digits.yaml"),
+                *DATA_ARGS,
+                *classifier,
+                *QUIET,
+                "--out",
+                str(tmp_path / name.replace(" ", "_")),
+                "--methods",
+                "gradient,centre",
+                "--metrics",
+                "pointing_game,saliency,insertion_deletion",
+                "--insertion-step",
+                "64",
+            ]
+        )
         values[name] = {(r["method"], r["metric"]): r["value"] for r in rows if r["metric"] != "seconds_per_image"}
     assert len(values["checkpoint"]) >= 8
     for name in ("state dict", "torchscript"):

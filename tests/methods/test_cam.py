@@ -80,8 +80,8 @@ def test_one_batched_pass_equals_one_image_at_a_time() -> None:
     method = build_method("gradcam++", net, batch_size=2)
     batch = method.attribute(images, classes)
     for i in range(3):
-        single = method.attribute(images[i: i + 1], classes[i: i + 1])
-        torch.testing.assert_close(batch[i: i + 1], single, rtol=1e-5, atol=1e-7)
+        single = method.attribute(images[i : i + 1], classes[i : i + 1])
+        torch.testing.assert_close(batch[i : i + 1], single, rtol=1e-5, atol=1e-7)
 
 
 def test_default_layers() -> None:

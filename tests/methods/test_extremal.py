@@ -98,7 +98,8 @@ def test_maps_sum_over_areas_and_batches_do_not_interact() -> None:
 def test_other_variants_run(variant: str) -> None:
     net = QuadrantEnergyNet(16, gain=100.0)
     maps = build_method("extremal", net, variant=variant, areas=[0.2], iterations=3).attribute(
-        noise_images(1, 16), torch.tensor([[0]]))
+        noise_images(1, 16), torch.tensor([[0]])
+    )
     assert maps.shape == (1, 1, 16, 16) and torch.isfinite(maps).all()
 
 

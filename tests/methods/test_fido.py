@@ -25,7 +25,8 @@ def _inside_outside(maps: torch.Tensor) -> tuple[float, float]:
 def test_ssr_keeps_the_region_that_drives_the_class(name: str) -> None:
     net = QuadrantEnergyNet(32)
     maps = build_method(name, net, objective="ssr", infill="mean", iterations=60).attribute(
-        noise_images(1, 32), torch.tensor([[0]]))
+        noise_images(1, 32), torch.tensor([[0]])
+    )
     inside, outside = _inside_outside(maps)  # the SSR map is the keep probability
     assert inside > 0.7 and outside < 0.3, (inside, outside)
 
@@ -33,7 +34,8 @@ def test_ssr_keeps_the_region_that_drives_the_class(name: str) -> None:
 def test_sdr_drops_the_region_that_drives_the_class() -> None:
     net = QuadrantEnergyNet(32)
     maps = build_method("fido", net, objective="sdr", infill="blur", iterations=60).attribute(
-        noise_images(1, 32), torch.tensor([[0]]))
+        noise_images(1, 32), torch.tensor([[0]])
+    )
     inside, outside = _inside_outside(maps)  # the SDR map is the drop probability
     assert inside > 0.7 and outside < 0.3, (inside, outside)
 
@@ -44,12 +46,15 @@ def test_batched_optimisation_equals_one_image_at_a_time(name: str, infill: str)
     net = tiny_net(3)
     images = torch.randn(3, 3, 16, 16)
     classes = torch.tensor([[0, 2], [1, -1], [2, 0]])
-    method = build_method(name, net, infill=infill, iterations=6, samples=2, seed=5) if name == "fido" else \
-        build_method(name, net, infill=infill, iterations=6, seed=5)
+    method = (
+        build_method(name, net, infill=infill, iterations=6, samples=2, seed=5)
+        if name == "fido"
+        else build_method(name, net, infill=infill, iterations=6, seed=5)
+    )
     batch = method.attribute(images, classes)
     for i in range(3):
-        single = method.attribute(images[i: i + 1], classes[i: i + 1])
-        torch.testing.assert_close(batch[i: i + 1], single, rtol=1e-4, atol=1e-5)
+        single = method.attribute(images[i : i + 1], classes[i : i + 1])
+        torch.testing.assert_close(batch[i : i + 1], single, rtol=1e-4, atol=1e-5)
 
 
 def test_fido_is_seeded() -> None:

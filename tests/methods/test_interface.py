@@ -32,8 +32,22 @@ def _inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 
 def test_every_method_is_registered() -> None:
-    expected = {"rise", "fido", "bbmp", "gradcam", "gradcam++", "gradient", "input_x_gradient",
-                "integrated_gradients", "guided_backprop", "extremal", "centre", "uniform", "oracle", "smooth"}
+    expected = {
+        "rise",
+        "fido",
+        "bbmp",
+        "gradcam",
+        "gradcam++",
+        "gradient",
+        "input_x_gradient",
+        "integrated_gradients",
+        "guided_backprop",
+        "extremal",
+        "centre",
+        "uniform",
+        "oracle",
+        "smooth",
+    }
     assert expected <= set(available_methods())
 
 
@@ -108,8 +122,12 @@ def test_methods_declare_what_they_can_do() -> None:
     for name in _built_in():
         cls = method_class(name)
         assert cls.name == name and cls.cost in COSTS and set(cls.layer_forms) <= set(LAYER_FORMS)
-    assert {n for n in _built_in() if not method_class(n).needs_classifier} == {"centre", "uniform", "oracle",
-                                                                                 "explainer"}
+    assert {n for n in _built_in() if not method_class(n).needs_classifier} == {
+        "centre",
+        "uniform",
+        "oracle",
+        "explainer",
+    }
     assert method_class("gradcam").layer_forms == ("middle", "final")
     assert method_class("explainer").value_option == "path" and method_class("explainer").unit_range
 

@@ -24,7 +24,7 @@ def test_mask_bank_follows_the_recipe() -> None:
     dy = torch.randint(0, cell_h, (400,), generator=gen)
     dx = torch.randint(0, cell_w, (400,), generator=gen)
     for i in (0, 7, 399):
-        expected = up[i, 0, dy[i]: dy[i] + 30, dx[i]: dx[i] + 20]
+        expected = up[i, 0, dy[i] : dy[i] + 30, dx[i] : dx[i] + 20]
         torch.testing.assert_close(masks[i], expected)
 
 
@@ -52,8 +52,13 @@ def test_bank_is_seeded_reused_and_redrawn_on_change() -> None:
 
 def test_saliency_matches_a_naive_loop_for_every_class() -> None:
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
-                              torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4, 3),
+    )
     images = torch.randn(2, 3, 12, 12)
     classes = torch.tensor([[2, 0], [1, -1]])
     for activation in ("sigmoid", "softmax"):

@@ -44,8 +44,9 @@ def test_oracle_from_boxes() -> None:
     expected[0:3, 0:2] = 1  # pixel centres (x + 0.5, y + 0.5) inside [0, 2] x [0, 3]
     expected[4:6, 4:6] = 1
     assert torch.equal(gt[0, 1], expected) and not gt[0, 0].any() and not gt[1].any()
-    maps = build_method("oracle").attribute(torch.zeros(2, 3, 8, 8), torch.tensor([[1], [2]]),
-                                            boxes=boxes, box_labels=labels)
+    maps = build_method("oracle").attribute(
+        torch.zeros(2, 3, 8, 8), torch.tensor([[1], [2]]), boxes=boxes, box_labels=labels
+    )
     assert torch.equal(maps[0, 0], expected) and not maps[1].any()
 
 

@@ -58,9 +58,9 @@ def naive_aucs(net, images, maps, classes, step, activation):
     kernel = rise_blur_kernel().numpy()
     out = {"deletion": [], "insertion": []}
     for b in range(images.shape[0]):
-        blurred = torch.from_numpy(np.stack([
-            ndimage.convolve(images[b, c].numpy(), kernel, mode="constant", cval=0.0) for c in range(3)
-        ]))
+        blurred = torch.from_numpy(
+            np.stack([ndimage.convolve(images[b, c].numpy(), kernel, mode="constant", cval=0.0) for c in range(3)])
+        )
         for k in range(classes.shape[1]):
             cls = int(classes[b, k])
             if cls < 0:
@@ -175,7 +175,7 @@ def rise_causal_reference(net, image: np.ndarray, explanation: np.ndarray, mode:
     for i in range(n_steps + 1):
         scores[i] = probs(start)[cls]
         if i < n_steps:
-            coords = salient_order[:, step * i:step * (i + 1)]
+            coords = salient_order[:, step * i : step * (i + 1)]
             start.reshape(1, channels, hw)[0, :, coords] = finish.reshape(1, channels, hw)[0, :, coords]
     return float((scores.sum() - scores[0] / 2 - scores[-1] / 2) / (scores.shape[0] - 1))
 
@@ -246,8 +246,9 @@ def test_unknown_tie_order_is_rejected() -> None:
     with pytest.raises(ValueError, match=r"unknown tie_order 'reverse'; use one of \('rise', 'raster'\)"):
         InsertionDeletion(net, tie_order="reverse")
     with pytest.raises(ValueError, match="unknown tie_order"):
-        insertion_deletion_curves(net, torch.zeros(1, 3, 4, 4), torch.zeros(1, 1, 4, 4), torch.tensor([[0]]),
-                                  tie_order="row-major")
+        insertion_deletion_curves(
+            net, torch.zeros(1, 3, 4, 4), torch.zeros(1, 1, 4, 4), torch.tensor([[0]]), tie_order="row-major"
+        )
 
 
 def test_forward_gives_batch_values_and_accumulates() -> None:

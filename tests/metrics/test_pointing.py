@@ -42,8 +42,9 @@ def test_disc_boundary_is_strict(offset: tuple[int, int], hit: bool) -> None:
 
 def test_boundary_after_scaling_to_original_size() -> None:
     # a 32 px batch image of a 64 px original: box pixel 20 becomes original pixels 40-41
-    batch = make_batch((32, 32), 2, boxes=[[(0, 20, 20, 21, 21)], [(0, 20, 20, 21, 21)]],
-                       orig_size=[(64, 64), (64, 64)])
+    batch = make_batch(
+        (32, 32), 2, boxes=[[(0, 20, 20, 21, 21)], [(0, 20, 20, 21, 21)]], orig_size=[(64, 64), (64, 64)]
+    )
     metric = PointingGame(num_classes=2, tolerance=15)
     points = torch.tensor([[[40, 26]], [[40, 25]]])  # 14 px and 15 px left of original column 40
     metric.update_points(points, batch, torch.tensor([[0], [0]]))
@@ -94,7 +95,9 @@ def test_difficult_subset_from_coverage() -> None:
     assert out["accuracy"].item() == pytest.approx((0 + 1) / 2)
     # explicit flags override the rule
     flagged = PointingGame(num_classes=2, tolerance=1)
-    flagged.update(maps, batch, torch.tensor([[0, 1], [0, -1]]), difficult=torch.tensor([[False, True], [False, False]]))
+    flagged.update(
+        maps, batch, torch.tensor([[0, 1], [0, -1]]), difficult=torch.tensor([[False, True], [False, False]])
+    )
     assert flagged.hits_difficult.tolist() == [0, 1] and flagged.misses_difficult.tolist() == [0, 0]
 
 
@@ -116,8 +119,9 @@ def test_argmax_points_match_per_image_interpolation() -> None:
     points = argmax_points(maps, sizes)
     for b in range(3):
         for k in range(2):
-            ref = F.interpolate(maps[b:b + 1, k:k + 1], size=tuple(sizes[b].tolist()), mode="bilinear",
-                                align_corners=False)[0, 0]
+            ref = F.interpolate(
+                maps[b : b + 1, k : k + 1], size=tuple(sizes[b].tolist()), mode="bilinear", align_corners=False
+            )[0, 0]
             y, x = points[b, k].tolist()
             assert ref[y, x] == pytest.approx(ref.max().item(), abs=1e-6)
             assert (y, x) == divmod(int(ref.flatten().argmax()), ref.shape[1])
@@ -134,20 +138,24 @@ def naive_pointing(maps, batch, classes, tolerance, source, skip_difficult=True)
             if cls < 0:
                 continue
             if source == "boxes":
-                flags = [bool(d) for d, lab in zip(batch.difficult[b], batch.box_labels[b], strict=True)
-                         if int(lab) == cls]
+                flags = [
+                    bool(d) for d, lab in zip(batch.difficult[b], batch.box_labels[b], strict=True) if int(lab) == cls
+                ]
                 if not flags or (skip_difficult and all(flags)):
                     continue
                 gt = naive_box_mask(batch, b, cls, orig)
             else:
-                gt = F.interpolate(batch.masks[b:b + 1, cls:cls + 1].float(), size=orig, mode="nearest-exact")[0, 0] > 0
+                gt = (
+                    F.interpolate(batch.masks[b : b + 1, cls : cls + 1].float(), size=orig, mode="nearest-exact")[0, 0]
+                    > 0
+                )
                 if not gt.any():
                     continue
-            resized = F.interpolate(maps[b:b + 1, k:k + 1], size=orig, mode="bilinear", align_corners=False)[0, 0]
+            resized = F.interpolate(maps[b : b + 1, k : k + 1], size=orig, mode="bilinear", align_corners=False)[0, 0]
             py, px = divmod(int(resized.flatten().argmax()), orig[1])
             ys, xs = torch.meshgrid(torch.arange(orig[0]), torch.arange(orig[1]), indexing="ij")
             radius = tolerance(orig) if callable(tolerance) else tolerance
-            disc = (ys - py) ** 2 + (xs - px) ** 2 < radius ** 2
+            disc = (ys - py) ** 2 + (xs - px) ** 2 < radius**2
             target = hits if bool((disc & gt).any()) else misses
             target[cls] = target.get(cls, 0) + 1
     return hits, misses
@@ -182,8 +190,9 @@ def test_default_radius_matches_naive_reference() -> None:
     maps = torch.rand(*classes.shape, 6, 8, generator=gen)
     metric = PointingGame(num_classes=4)
     metric.update(maps, batch, classes)
-    hits, misses = naive_pointing(maps, batch, classes, lambda size: 15 if min(size) >= 224 else min(size) * 15 / 224,
-                                  "boxes")
+    hits, misses = naive_pointing(
+        maps, batch, classes, lambda size: 15 if min(size) >= 224 else min(size) * 15 / 224, "boxes"
+    )
     assert metric.hits.tolist() == [hits.get(c, 0) for c in range(4)]
     assert metric.misses.tolist() == [misses.get(c, 0) for c in range(4)]
     assert metric.hits.sum() >= 3 and metric.misses.sum() >= 3
@@ -198,10 +207,16 @@ def test_merging_states_equals_one_pass() -> None:
     whole.update(maps, batch, classes)
     halves = [PointingGame(num_classes=3, tolerance=3) for _ in range(2)]
     for part, rows in zip(halves, (slice(0, 3), slice(3, 6)), strict=True):
-        sub = make_batch((16, 16), 3, boxes=[[(int(lab), *box.tolist()) for box, lab in zip(bx, lb, strict=True)]
-                                            for bx, lb in zip(batch.boxes[rows], batch.box_labels[rows], strict=True)],
-                         difficult=[d.tolist() for d in batch.difficult[rows]],
-                         orig_size=batch.orig_size[rows].tolist())
+        sub = make_batch(
+            (16, 16),
+            3,
+            boxes=[
+                [(int(lab), *box.tolist()) for box, lab in zip(bx, lb, strict=True)]
+                for bx, lb in zip(batch.boxes[rows], batch.box_labels[rows], strict=True)
+            ],
+            difficult=[d.tolist() for d in batch.difficult[rows]],
+            orig_size=batch.orig_size[rows].tolist(),
+        )
         part.update(maps[rows], sub, classes[rows])
     halves[0].merge_state(halves[1])
     for key, value in whole.compute().items():
@@ -256,21 +271,25 @@ def test_default_radius_is_chosen_per_image() -> None:
 def test_per_image_radius_decides_hits() -> None:
     # batch images 25x50 of originals 375x500 (scale 15 in y, 10 in x) and 200x500 (scale 8 in y, 10 in x);
     # the box (x 20-21, y 10-11) covers original columns 200-209 and rows 150-164 / 80-87
-    batch = make_batch((25, 50), 1, boxes=[[(0, 20, 10, 21, 11)], [(0, 20, 10, 21, 11)]],
-                       orig_size=[(375, 500), (200, 500)])
+    batch = make_batch(
+        (25, 50), 1, boxes=[[(0, 20, 10, 21, 11)], [(0, 20, 10, 21, 11)]], orig_size=[(375, 500), (200, 500)]
+    )
     # image 0: 20 px left of the box; image 1: 14 px left of it
     points = torch.tensor([[[157, 180]], [[84, 186]]])
     classes = torch.tensor([[0], [0]])
     outcomes = {}
-    for name, options in {"per image": {}, "fixed 15": {"tolerance": 15.0},
-                          "relative": {"tolerance_relative": 15 / 224}}.items():
+    for name, options in {
+        "per image": {},
+        "fixed 15": {"tolerance": 15.0},
+        "relative": {"tolerance_relative": 15 / 224},
+    }.items():
         metric = PointingGame(num_classes=1, **options)
         metric.update_points(points, batch, classes)
         single = []
         for b in range(2):  # one image at a time, to see each outcome
             one = PointingGame(num_classes=1, **options)
             sub = make_batch((25, 50), 1, boxes=[[(0, 20, 10, 21, 11)]], orig_size=[tuple(batch.orig_size[b].tolist())])
-            one.update_points(points[b:b + 1], sub, classes[:1])
+            one.update_points(points[b : b + 1], sub, classes[:1])
             single.append(int(one.hits.item()))
         assert metric.hits.item() == sum(single)
         outcomes[name] = single
@@ -316,8 +335,10 @@ def test_difficult_subset_from_a_published_list(tmp_path) -> None:
 
 def test_difficult_list_matches_coco_file_names_by_number(tmp_path) -> None:
     # TorchRay's COCO list names images by file stem; the COCO data module's ids are the image ids
-    path = write_list(tmp_path / "coco.txt", ["COCO_val2014_000000000042 1 0", "COCO_val2014_000000000073 0 1",
-                                              "a_0005 1 1", "b_0005 0 0"])  # number 5 is ambiguous
+    path = write_list(
+        tmp_path / "coco.txt",
+        ["COCO_val2014_000000000042 1 0", "COCO_val2014_000000000073 0 1", "a_0005 1 1", "b_0005 0 0"],
+    )  # number 5 is ambiguous
     table = PointingGame(num_classes=2, difficult_list=path)._difficult_list
     flags, unlisted = table.lookup(["73", "42", "5", "COCO_val2014_000000000042", "x"], torch.tensor([[0, 1]] * 5))
     assert flags.tolist() == [[False, True], [True, False], [True, True], [True, False], [True, True]]
@@ -360,10 +381,18 @@ def test_forward_gives_batch_values_and_accumulates(tmp_path) -> None:
     halves = (slice(0, 3), slice(3, 8))
     parts = []
     for rows in halves:
-        parts.append(make_batch((16, 16), 3, boxes=[[(int(lab), *box.tolist()) for box, lab in zip(bx, lb, strict=True)]
-                                                   for bx, lb in zip(batch.boxes[rows], batch.box_labels[rows], strict=True)],
-                                difficult=[d.tolist() for d in batch.difficult[rows]],
-                                orig_size=batch.orig_size[rows].tolist()))
+        parts.append(
+            make_batch(
+                (16, 16),
+                3,
+                boxes=[
+                    [(int(lab), *box.tolist()) for box, lab in zip(bx, lb, strict=True)]
+                    for bx, lb in zip(batch.boxes[rows], batch.box_labels[rows], strict=True)
+                ],
+                difficult=[d.tolist() for d in batch.difficult[rows]],
+                orig_size=batch.orig_size[rows].tolist(),
+            )
+        )
         parts[-1].ids = batch.ids[rows]
     for options in ({}, {"difficult_list": path}):
         whole = PointingGame(num_classes=3, **options)

@@ -30,8 +30,10 @@ def test_hand_computed_consistency():
     maps[1, 1, 0] = _peak_map(64, 64, 40, 40)
     maps[1, 1, 1] = _peak_map(64, 64, 5, 60)  # peak centre (60.5, 5.5)
     nan = float("nan")
-    keypoints = [torch.tensor([[[12.0, 14.0], [40.0, 40.0]]]),   # image 0, class 1: part 0 near p0, part 1 far
-                 torch.tensor([[[45.0, 45.0], [nan, nan]]])]     # image 1, class 1: part 0 near p0, part 1 hidden
+    keypoints = [
+        torch.tensor([[[12.0, 14.0], [40.0, 40.0]]]),  # image 0, class 1: part 0 near p0, part 1 far
+        torch.tensor([[[45.0, 45.0], [nan, nan]]]),
+    ]  # image 1, class 1: part 0 near p0, part 1 hidden
     labels = [torch.tensor([1]), torch.tensor([1])]
     metric = PrototypeConsistency(2, 2, 2, threshold=0.8)
     metric.update(maps, keypoints, labels, (64, 64))

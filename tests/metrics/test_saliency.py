@@ -36,7 +36,10 @@ def test_saliency_hand_computed() -> None:
     metric = SaliencyMetric(HalvesNet(), mode="pairs")
     metric.update(images, maps, torch.tensor([[0], [1]]))
     sig = torch.sigmoid
-    expected = [math.log(0.5) - math.log(sig(torch.tensor(5.0))), math.log(0.05) - math.log(sig(torch.tensor(10 / 32 - 5)))]
+    expected = [
+        math.log(0.5) - math.log(sig(torch.tensor(5.0))),
+        math.log(0.05) - math.log(sig(torch.tensor(10 / 32 - 5))),
+    ]
     out = metric.compute()
     assert out["saliency"].item() == pytest.approx(sum(expected) / 2, rel=1e-6)
     assert out["area"].item() == pytest.approx((0.5 + 1 / 64) / 2)
@@ -113,7 +116,7 @@ def test_class_specificity_matches_naive_loop_and_merges() -> None:
     with torch.no_grad():
         for b in range(5):
             present = [c for c in range(4) if labels[b, c] > 0.5]
-            clean = torch.sigmoid(net(images[b:b + 1]))[0]
+            clean = torch.sigmoid(net(images[b : b + 1]))[0]
             for t in present:
                 sums["unmasked"].append(clean[t].item())
                 for k in range(4):

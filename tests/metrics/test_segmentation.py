@@ -18,8 +18,17 @@ def test_hand_computed_case() -> None:
     g = torch.tensor([[[True, True], [False, False]]])
     s = {k: v.item() for k, v in segmentation_scores(m, g).items()}
     expected = {
-        "d_f1_25": 1.0, "d_f1_50": 2 / 3, "d_f1_75": 2 / 3, "mean_f1": 7 / 9, "c_f1": 3 / 3.5, "acc": 0.875,
-        "d_iou": 6.5 / 9, "c_iou": 0.75, "auc": 1.0, "overlap": 0.875, "background_coverage": 0.0,
+        "d_f1_25": 1.0,
+        "d_f1_50": 2 / 3,
+        "d_f1_75": 2 / 3,
+        "mean_f1": 7 / 9,
+        "c_f1": 3 / 3.5,
+        "acc": 0.875,
+        "d_iou": 6.5 / 9,
+        "c_iou": 0.75,
+        "auc": 1.0,
+        "overlap": 0.875,
+        "background_coverage": 0.0,
         "object_coverage": 0.75,
     }
     assert s == pytest.approx(expected)
@@ -108,8 +117,13 @@ def test_matches_naive_reference(source: str, mode: str) -> None:
         masks[0, 1, 0:6, 0:5] = True
         masks[0, 2] = True  # full-image ground truth: AUC and background coverage undefined
         masks[5, :] = False  # empty
-        batch = make_batch(size, num_classes, masks=masks, mask_valid=torch.tensor([1, 1, 0, 1, 1, 1]).bool(),
-                           labels=(torch.rand(6, num_classes, generator=gen) < 0.6).float())
+        batch = make_batch(
+            size,
+            num_classes,
+            masks=masks,
+            mask_valid=torch.tensor([1, 1, 0, 1, 1, 1]).bool(),
+            labels=(torch.rand(6, num_classes, generator=gen) < 0.6).float(),
+        )
         batch.labels[0, 1:3] = 1
     else:
         batch = random_box_batch(gen, 6, size, num_classes, [size] * 6)
@@ -146,7 +160,9 @@ def test_merge_state_undefined_keys_and_invalid() -> None:
 
 
 def test_normalisation_and_range_check() -> None:
-    batch = make_batch((4, 4), 1, masks=torch.ones(1, 1, 4, 4, dtype=torch.bool) & (torch.arange(4) < 2).view(1, 1, 1, 4))
+    batch = make_batch(
+        (4, 4), 1, masks=torch.ones(1, 1, 4, 4, dtype=torch.bool) & (torch.arange(4) < 2).view(1, 1, 1, 4)
+    )
     maps = torch.arange(16.0).view(1, 1, 4, 4) - 4
     with pytest.raises(ValueError, match="normalize='minmax'"):
         SegmentationMetrics().update(maps, batch, torch.tensor([[0]]))

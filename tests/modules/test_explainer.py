@@ -26,8 +26,14 @@ def _dm(**kw):
 
 
 def _trainer(tmp_path, **kw):
-    args = dict(max_epochs=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                default_root_dir=str(tmp_path), enable_checkpointing=False)
+    args = dict(
+        max_epochs=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(tmp_path),
+        enable_checkpointing=False,
+    )
     return pl.Trainer(**{**args, **kw})
 
 
@@ -55,8 +61,9 @@ def test_classifier_is_bit_identical_after_fit_and_absent_from_checkpoints(class
     module = ExplainerModule(str(classifier_ckpt), lr=1e-2, **MASK_NET)
     before = {k: v.clone() for k, v in module.classifier.state_dict().items()}
     mask_before = {k: v.clone() for k, v in module.mask_net.state_dict().items()}
-    trainer = _trainer(tmp_path, max_epochs=2, enable_checkpointing=True,
-                       callbacks=[ExplainerMetrics(), MaskPanel(num_images=2)])
+    trainer = _trainer(
+        tmp_path, max_epochs=2, enable_checkpointing=True, callbacks=[ExplainerMetrics(), MaskPanel(num_images=2)]
+    )
     trainer.fit(module, datamodule=_dm())
     for key, value in module.classifier.state_dict().items():
         assert torch.equal(value, before[key]), f"classifier {key} changed"
@@ -66,9 +73,12 @@ def test_classifier_is_bit_identical_after_fit_and_absent_from_checkpoints(class
     assert not any(k.startswith("classifier.") for k in ckpt["state_dict"])
     assert ckpt["hyper_parameters"]["classifier_hash"] == module.classifier.content_hash
     assert "val/labels/masked_accuracy" in trainer.logged_metrics
-    assert {"val/labels/pointing_game.accuracy", "val/labels/segmentation.c_iou", "val/labels/box_iou.c_iou",
-            "val/labels/saliency.saliency"} <= set(
-        trainer.logged_metrics)
+    assert {
+        "val/labels/pointing_game.accuracy",
+        "val/labels/segmentation.c_iou",
+        "val/labels/box_iou.c_iou",
+        "val/labels/saliency.saliency",
+    } <= set(trainer.logged_metrics)
     reloaded = ExplainerModule.load_from_checkpoint(ckpt_path, weights_only=True)
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(reloaded.eval()(x), module.eval()(x))
@@ -80,8 +90,7 @@ def test_export_then_load_in_a_fresh_process_reproduces_masks(classifier_ckpt, t
         for p in module.mask_net.parameters():
             p.add_(torch.randn_like(p) * 0.05)
     images = torch.randn(3, 3, 32, 32)
-    folder = export_explainer(module, tmp_path / "export", input_size=(32, 32), example_images=images,
-                              torchscript=True)
+    folder = export_explainer(module, tmp_path / "export", input_size=(32, 32), example_images=images, torchscript=True)
     config = json.loads((folder / "config.json").read_text())
     assert config["classifier"]["sha256"] == module.classifier.content_hash
     assert config["class_names"] == [str(i) for i in range(10)] and config["mask_net"]["name"] == "unet"
@@ -96,9 +105,14 @@ def test_export_then_load_in_a_fresh_process_reproduces_masks(classifier_ckpt, t
         "print(d); assert d < 1e-5, d; ts = torch.jit.load(r'{}');"
         "assert (torch.sigmoid(ts(x)) - e).abs().max().item() < 1e-5"
     ).format(folder, tmp_path / "images.pt", tmp_path / "expected.pt", folder / "model.ts")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                          cwd=str(tmp_path), env={**__import__("os").environ,
-                                                   "PYTHONPATH": str(__import__("pathlib").Path(__file__).parents[2])})
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=str(tmp_path),
+        env={**__import__("os").environ, "PYTHONPATH": str(__import__("pathlib").Path(__file__).parents[2])},
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     loaded = explainer.load(folder)
     assert loaded.explain(images, classes=["3", "7"]).shape == (3, 2, 32, 32)
@@ -168,7 +182,8 @@ def test_prediction_targets_and_fills(classifier_ckpt):
         assert torch.isfinite(out["loss"])
     fill = ExplainerModule(str(classifier_ckpt), fill="zero", **MASK_NET).fill_for(batch.image)
     black = (torch.zeros(1, 3, 1, 1) - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor(
-        [0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+        [0.229, 0.224, 0.225]
+    ).view(1, 3, 1, 1)
     torch.testing.assert_close(fill, black)
 
 
@@ -182,7 +197,8 @@ def test_export_callback_writes_the_best_checkpoint(classifier_ckpt, tmp_path):
     torch.testing.assert_close(loaded.explain(x), torch.sigmoid(module.eval()(x)), atol=1e-5, rtol=0)
     with pytest.raises(FileExistsError):  # refuses before training, not after
         _trainer(tmp_path, callbacks=[ExportExplainer(folder=str(tmp_path / "exported"))]).fit(
-            ExplainerModule(str(classifier_ckpt), **MASK_NET), datamodule=_dm())
+            ExplainerModule(str(classifier_ckpt), **MASK_NET), datamodule=_dm()
+        )
 
 
 def test_an_extra_loss_term_is_trained_logged_and_validated_by_name(classifier_ckpt, tmp_path, monkeypatch):

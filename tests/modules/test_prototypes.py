@@ -19,8 +19,11 @@ from explainer.modules.prototypes import PrototypeModule
 
 def mlp_head_net(num_classes: int) -> ClassifierNet:
     """A classifier whose head is two layers over pooled features (not decomposable)."""
-    return ClassifierNet(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU()),
-                         nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, num_classes)), name="mlp-head")
+    return ClassifierNet(
+        nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU()),
+        nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, num_classes)),
+        name="mlp-head",
+    )
 
 
 def signed_features_net(num_classes: int) -> ClassifierNet:
@@ -32,8 +35,9 @@ def classifier_checkpoint(tmp_path, backbone: str, num_classes: int, image_size:
     module = ClassifierModule(backbone=backbone, num_classes=num_classes)
     with torch.no_grad():  # non-trivial BatchNorm statistics
         module.net.train()(torch.randn(8, 3, image_size, image_size) * 2 + 0.5)
-    trainer = pl.Trainer(max_steps=0, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                         default_root_dir=tmp_path)
+    trainer = pl.Trainer(
+        max_steps=0, logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path
+    )
     trainer.strategy.connect(module)
     path = tmp_path / name
     trainer.save_checkpoint(path)
@@ -44,8 +48,9 @@ def classifier_checkpoint(tmp_path, backbone: str, num_classes: int, image_size:
 def test_prototype_logits_equal_the_classifiers(tmp_path, backbone, size):
     torch.manual_seed(0)
     path = classifier_checkpoint(tmp_path, backbone, 4, size)
-    module = PrototypeModule(str(path), num_classes=4, prototypes_per_class=3, max_locations_per_class=400,
-                             gallery_images_per_class=0)
+    module = PrototypeModule(
+        str(path), num_classes=4, prototypes_per_class=3, max_locations_per_class=400, gallery_images_per_class=0
+    )
     frozen = FrozenClassifier.from_checkpoint(path, num_classes=4)
     for _ in range(2):
         module.collect(torch.randn(8, 3, size, size), (torch.rand(8, 4) > 0.5).float())
@@ -91,7 +96,7 @@ def test_rare_and_absent_classes_get_fewer_prototypes_without_nan(tmp_path):
     counts = module.num_prototypes.tolist()
     assert counts[0] == 4 and 1 <= counts[1] <= 2 and counts[2] == 1
     protos = module.layer.prototypes
-    assert torch.isfinite(protos).all() and protos[1, counts[1]:].abs().sum() == 0
+    assert torch.isfinite(protos).all() and protos[1, counts[1] :].abs().sum() == 0
     weight = FrozenClassifier.from_checkpoint(path).net.head.weight
     assert (protos.sum(1) - weight).abs().max() < 1e-5
     images = torch.randn(4, 3, 8, 8)
@@ -101,9 +106,20 @@ def test_rare_and_absent_classes_get_fewer_prototypes_without_nan(tmp_path):
 
 def test_fast_dev_run_through_the_cli(in_tmp, repo, tiny_digits_args):
     path = classifier_checkpoint(in_tmp, "tests.helpers:tiny_net", 10)
-    cli = make_cli(["fit", "--config", str(repo / "configs/quickstart/prototypes.yaml"), *tiny_digits_args,
-                    "--model.init_args.classifier", str(path), "--model.init_args.export_dir", "export",
-                    "--trainer.fast_dev_run", "true"])
+    cli = make_cli(
+        [
+            "fit",
+            "--config",
+            str(repo / "configs/quickstart/prototypes.yaml"),
+            *tiny_digits_args,
+            "--model.init_args.classifier",
+            str(path),
+            "--model.init_args.export_dir",
+            "export",
+            "--trainer.fast_dev_run",
+            "true",
+        ]
+    )
     counts = cli.model.fit_summary["prototypes_per_class"]  # one batch: absent classes keep 1
     assert max(counts) == 5 and min(counts) >= 1
     assert cli.trainer.callback_metrics["val/logit_max_abs_diff"] < 1e-4
@@ -112,10 +128,22 @@ def test_fast_dev_run_through_the_cli(in_tmp, repo, tiny_digits_args):
 
 def test_fit_exports_draws_the_gallery_and_checkpoints_without_the_classifier(in_tmp, repo, tiny_digits_args):
     path = classifier_checkpoint(in_tmp, "tests.helpers:tiny_net", 10)
-    args = ["fit", "--config", str(repo / "configs/quickstart/prototypes.yaml"), *tiny_digits_args,
-            "--model.init_args.classifier", str(path), "--model.init_args.export_dir", "export",
-            "--model.init_args.prototypes_per_class", "3", "--model.init_args.gallery_images_per_class", "4",
-            "--model.init_args.gallery_patches", "3"]
+    args = [
+        "fit",
+        "--config",
+        str(repo / "configs/quickstart/prototypes.yaml"),
+        *tiny_digits_args,
+        "--model.init_args.classifier",
+        str(path),
+        "--model.init_args.export_dir",
+        "export",
+        "--model.init_args.prototypes_per_class",
+        "3",
+        "--model.init_args.gallery_images_per_class",
+        "4",
+        "--model.init_args.gallery_patches",
+        "3",
+    ]
     cli = make_cli(args)
     metrics = cli.trainer.callback_metrics
     assert metrics["val/logit_max_abs_diff"] < 1e-4 and metrics["val/argmax_agreement"] == 1.0
@@ -147,8 +175,9 @@ def test_fit_exports_draws_the_gallery_and_checkpoints_without_the_classifier(in
 
 def test_a_changed_classifier_is_detected(in_tmp):
     path = classifier_checkpoint(in_tmp, "tests.helpers:tiny_net", 2)
-    module = PrototypeModule(str(path), num_classes=2, prototypes_per_class=2, gallery_images_per_class=0,
-                             export_dir=str(in_tmp / "export"))
+    module = PrototypeModule(
+        str(path), num_classes=2, prototypes_per_class=2, gallery_images_per_class=0, export_dir=str(in_tmp / "export")
+    )
     module.collect(torch.randn(4, 3, 16, 16), torch.ones(4, 2))
     module.fit_prototypes()
     classifier_checkpoint(in_tmp, "tests.helpers:tiny_net", 2)  # new random weights at the same path
@@ -163,25 +192,62 @@ def test_fit_on_cub_reports_consistency_with_15_parts(in_tmp, repo):
 
     make_cub200(in_tmp / "cub", num_classes=3, per_class=6)
     path = classifier_checkpoint(in_tmp, "tests.helpers:tiny_net", 3)
-    cli = make_cli(["fit", "--config", str(repo / "configs/data/cub.yaml"),
-                    "--config", str(repo / "configs/model/prototypes.yaml"),
-                    "--data.init_args.root", str(in_tmp / "cub"), "--data.init_args.image_size", "32",
-                    "--data.init_args.num_workers", "0", "--data.init_args.val_fraction", "0.3",
-                    "--model.init_args.classifier", str(path), "--model.init_args.num_parts", "15",
-                    "--model.init_args.prototypes_per_class", "2", "--model.init_args.gallery_images_per_class", "0",
-                    "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false",
-                    "--trainer.enable_model_summary", "false"])
+    cli = make_cli(
+        [
+            "fit",
+            "--config",
+            str(repo / "configs/data/cub.yaml"),
+            "--config",
+            str(repo / "configs/model/prototypes.yaml"),
+            "--data.init_args.root",
+            str(in_tmp / "cub"),
+            "--data.init_args.image_size",
+            "32",
+            "--data.init_args.num_workers",
+            "0",
+            "--data.init_args.val_fraction",
+            "0.3",
+            "--model.init_args.classifier",
+            str(path),
+            "--model.init_args.num_parts",
+            "15",
+            "--model.init_args.prototypes_per_class",
+            "2",
+            "--model.init_args.gallery_images_per_class",
+            "0",
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.enable_model_summary",
+            "false",
+        ]
+    )
     assert cli.model.hparams.class_names == ["Fake_Bird_0", "Fake_Bird_1", "Fake_Bird_2"]
     metrics = cli.trainer.callback_metrics
     assert metrics["val/logit_max_abs_diff"] < 1e-4 and metrics["val/argmax_agreement"] == 1.0
     assert 0 <= metrics["val/consistency"] <= 1 and 0 <= metrics["val/stability"] <= 1
     # the default of 3 parts (digit scenes) is refused with the way out
     with pytest.raises(ValueError, match="set num_parts"):
-        make_cli(["validate", "--config", str(repo / "configs/data/cub.yaml"),
-                  "--config", str(repo / "configs/model/prototypes.yaml"),
-                  "--data.init_args.root", str(in_tmp / "cub"), "--data.init_args.image_size", "32",
-                  "--data.init_args.num_workers", "0", "--model.init_args.classifier", str(path),
-                  "--trainer.enable_progress_bar", "false"])
+        make_cli(
+            [
+                "validate",
+                "--config",
+                str(repo / "configs/data/cub.yaml"),
+                "--config",
+                str(repo / "configs/model/prototypes.yaml"),
+                "--data.init_args.root",
+                str(in_tmp / "cub"),
+                "--data.init_args.image_size",
+                "32",
+                "--data.init_args.num_workers",
+                "0",
+                "--model.init_args.classifier",
+                str(path),
+                "--trainer.enable_progress_bar",
+                "false",
+            ]
+        )
 
 
 def test_prototype_heads_take_an_architecture_and_its_state_dict(tmp_path):
@@ -192,8 +258,9 @@ def test_prototype_heads_take_an_architecture_and_its_state_dict(tmp_path):
     images, labels = torch.randn(8, 3, 32, 32), (torch.rand(8, 4) > 0.5).float()
     heads = []
     for classifier in (str(path), {"source": "digitnet", "weights": str(tmp_path / "digitnet.pt")}):
-        module = PrototypeModule(classifier, num_classes=4, prototypes_per_class=2, max_locations_per_class=400,
-                                 gallery_images_per_class=0)
+        module = PrototypeModule(
+            classifier, num_classes=4, prototypes_per_class=2, max_locations_per_class=400, gallery_images_per_class=0
+        )
         module.collect(images, labels)
         module.fit_prototypes()
         heads.append(module.layer.prototypes.detach())

@@ -58,8 +58,9 @@ def test_pooled_linear_head_refuses_other_heads():
         with torch.device("meta"):  # the paper's 25088-4096-4096-C head, without allocating its weights
             vgg = build_classifier("vgg11", 4)
         pooled_linear_head(vgg)
-    mlp = ClassifierNet(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()),
-                        nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)))
+    mlp = ClassifierNet(
+        nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    )
     with pytest.raises(ValueError, match="several or non-linear layers"):
         pooled_linear_head(mlp)
     with pytest.raises(ValueError, match="no separate feature extractor"):
@@ -134,7 +135,7 @@ def test_few_locations_and_all_zero_features_pad_with_zero_prototypes():
     v = torch.randn(8, dtype=torch.float64)
     few = decompose_class(torch.rand(2, 8, dtype=torch.float64), v, k=5)
     assert few.num_prototypes <= 2 and "of 5 prototypes" in few.note
-    assert torch.isfinite(few.prototypes).all() and few.prototypes[few.num_prototypes:].abs().sum() == 0
+    assert torch.isfinite(few.prototypes).all() and few.prototypes[few.num_prototypes :].abs().sum() == 0
     assert (few.prototypes.sum(0) - v).abs().max() < 1e-10
     zero = decompose_class(torch.zeros(30, 8, dtype=torch.float64), v, k=5)
     assert zero.num_prototypes == 1 and "no non-zero" in zero.note
@@ -146,8 +147,9 @@ def test_few_locations_and_all_zero_features_pad_with_zero_prototypes():
 
 def test_reservoir_is_the_bottom_k_sample_of_the_offered_locations():
     gen = torch.Generator().manual_seed(5)
-    batches = [(torch.rand(3, 4, 2, 2, generator=gen), (torch.rand(3, 2, generator=gen) > 0.4).float())
-               for _ in range(4)]
+    batches = [
+        (torch.rand(3, 4, 2, 2, generator=gen), (torch.rand(3, 2, generator=gen) > 0.4).float()) for _ in range(4)
+    ]
     batches[0][0][0, :, 0, 0] = 0  # an all-zero location is never stored
     full = LocationReservoir(2, 4, capacity=1000, seed=9)
     small = LocationReservoir(2, 4, capacity=5, seed=9)

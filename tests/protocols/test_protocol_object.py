@@ -37,15 +37,23 @@ class CornerNet(ProtocolNet):
         masked = torch.zeros_like(images)
         for r in range(n):
             for c in range(n):
-                masked[..., r * h:r * h + h // 2, c * w:c * w + w // 2] = images[..., r * h:r * h + h // 2,
-                                                                                  c * w:c * w + w // 2]
+                masked[..., r * h : r * h + h // 2, c * w : c * w + w // 2] = images[
+                    ..., r * h : r * h + h // 2, c * w : c * w + w // 2
+                ]
         return self.per_cell_head(self.grid_features(self.base.features(masked)))
 
 
 @pytest.fixture
 def corner(monkeypatch):
-    spec = Protocol("corner", "Corner", per_cell=True, repeats=False, layers=("input",), wrapper=CornerNet,
-                    guarantee="each head sees a quarter of its cell")
+    spec = Protocol(
+        "corner",
+        "Corner",
+        per_cell=True,
+        repeats=False,
+        layers=("input",),
+        wrapper=CornerNet,
+        guarantee="each head sees a quarter of its cell",
+    )
     monkeypatch.setitem(PROTOCOLS._entries, "corner", spec)
     return spec
 
@@ -62,14 +70,16 @@ def test_a_registered_protocol_works_through_the_wrapper_the_grids_and_the_layer
         layer_by_role(wrapped, "middle")
 
     data = CodedImages()
-    grids = GridDataset(data, Candidates(*score_source(data, CodedClassifier()), 0.9), list("abcdef"),
-                        num_grids=5, protocol="corner")
+    grids = GridDataset(
+        data, Candidates(*score_source(data, CodedClassifier()), 0.9), list("abcdef"), num_grids=5, protocol="corner"
+    )
     classes, _ = grids.layout(2)
     sample = grids[2]
     assert len(set(classes)) == 4  # no repeat: four distinct classes, every cell scored
     assert sample.box_labels.tolist() == [i * 6 + c for i, c in enumerate(classes)]
-    labels, cells = grid_targets(type("B", (), {"box_labels": [sample.box_labels], "image": sample.image})(),
-                                 "corner", 2)
+    labels, cells = grid_targets(
+        type("B", (), {"box_labels": [sample.box_labels], "image": sample.image})(), "corner", 2
+    )
     assert cells.tolist() == [[0, 1, 2, 3]] and labels.tolist() == [sample.box_labels.tolist()]
     assert corner.explained(2) == "cells 0,1,2,3" and get_protocol("difull").explained(3) == "cells 0,8"
 

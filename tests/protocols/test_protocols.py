@@ -149,8 +149,9 @@ def test_layer_input_x_gradient_is_activation_times_gradient_and_ig_equals_it_be
     acts = frozen.net.features(images).detach().requires_grad_(True)
     logits = frozen.net.forward_head(acts)
     (grad,) = torch.autograd.grad(logits[[0, 1], [1, 3]].sum(), acts)
-    manual = torch.nn.functional.interpolate((acts * grad).sum(1, keepdim=True), size=(32, 32), mode="bilinear",
-                                             align_corners=False)
+    manual = torch.nn.functional.interpolate(
+        (acts * grad).sum(1, keepdim=True), size=(32, 32), mode="bilinear", align_corners=False
+    )
     assert torch.allclose(ixg, manual, atol=1e-5)
     ig = build_method("integrated_gradients", frozen, layer="final", steps=5)(images, classes)
     assert torch.allclose(ig, ixg, atol=1e-5)  # pooling + linear head: the path integral is exact
@@ -274,7 +275,9 @@ def test_grid_targets_score_every_cell_for_gridpg_and_the_repeated_pair_otherwis
 def test_per_cell_classes_start_from_their_digit_head():
     old = build_mask_net("unet", 3, width=4, depth=2)
     new = build_mask_net("unet", 12, width=4, depth=2)
-    state = transfer_class_heads(new, old.state_dict(), ["a", "b", "c"], get_protocol("dipart").class_names(["a", "b", "c"], 2))
+    state = transfer_class_heads(
+        new, old.state_dict(), ["a", "b", "c"], get_protocol("dipart").class_names(["a", "b", "c"], 2)
+    )
     new.load_state_dict(state)
     head = [k for k in state if k.startswith(new.head_prefix) and k.endswith("weight")][0]
     assert torch.equal(state[head][3 + 1], old.state_dict()[head][1])  # cell1:b <- b
@@ -301,8 +304,9 @@ def test_method_expansion_over_layers_and_smoothing():
     assert rows[0][2] == {"layer": "final"} and rows[1][2] == {}
     assert any("no input-layer form" in n for n in rows[0][3])
     smoothed = expand_methods({"input_x_gradient": {}}, None, 5)
-    assert smoothed == [("input_x_gradient+smooth5", "smooth",
-                         {"method": "input_x_gradient", "kernel_size": 5, "options": {}}, [])]
+    assert smoothed == [
+        ("input_x_gradient+smooth5", "smooth", {"method": "input_x_gradient", "kernel_size": 5, "options": {}}, [])
+    ]
 
 
 # -- evaluate.py --protocol ----------------------------------------------------------------------------------
@@ -320,10 +324,30 @@ def test_evaluate_protocol_end_to_end(tmp_path, repo, monkeypatch):
     monkeypatch.setattr(grid_module, "score_source", everyone)
     _, ckpt = write_classifier_checkpoint(tmp_path)
     out = tmp_path / "difull"
-    args = ["--data", str(repo / "configs/data/digits_single.yaml"), "--data-arg", "image_size=32",
-            "--data-arg", "test_scenes=60", "--data-arg", "batch_size=4", "--classifier", str(ckpt),
-            "--protocol", "difull", "--methods", "gradcam,gradient,centre", "--layer", "input,final",
-            "--limit", "8", "--trainer.enable_progress_bar", "false", "--out", str(out)]
+    args = [
+        "--data",
+        str(repo / "configs/data/digits_single.yaml"),
+        "--data-arg",
+        "image_size=32",
+        "--data-arg",
+        "test_scenes=60",
+        "--data-arg",
+        "batch_size=4",
+        "--classifier",
+        str(ckpt),
+        "--protocol",
+        "difull",
+        "--methods",
+        "gradcam,gradient,centre",
+        "--layer",
+        "input,final",
+        "--limit",
+        "8",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--out",
+        str(out),
+    ]
     rows = main(args)
     methods = {r["method"] for r in rows}
     assert methods == {"gradcam@final", "gradient@input", "gradient@final", "centre"}
@@ -340,8 +364,9 @@ def test_evaluate_protocol_end_to_end(tmp_path, repo, monkeypatch):
     assert [r for r in rows3 if r["method"] != "uniform"] == rows
     saved = torch.load(out / "distributions.pt", weights_only=True)
     assert list(saved["scores"]) == ["gradcam@final", "gradient@input", "gradient@final", "centre", "uniform"]
-    rows2 = main([*args[:-2], "--out", str(tmp_path / "smooth"), "--smooth", "5", "--methods", "gradient",
-                  "--layer", "input"])
+    rows2 = main(
+        [*args[:-2], "--out", str(tmp_path / "smooth"), "--smooth", "5", "--methods", "gradient", "--layer", "input"]
+    )
     assert {r["method"] for r in rows2} == {"gradient@input+smooth5"}
     with pytest.raises(SystemExit):
         main([*args[:-2], "--out", str(tmp_path / "bad"), "--smooth", "4"])
@@ -352,7 +377,26 @@ def test_layers_and_smoothing_on_natural_images(tmp_path, repo):
     from tests.helpers import write_classifier_checkpoint
 
     _, ckpt = write_classifier_checkpoint(tmp_path)
-    rows = main(["--data", str(repo / "configs/data/digits.yaml"), "--data-arg", "image_size=32", "--data-arg",
-                 "test_scenes=6", "--classifier", str(ckpt), "--methods", "gradient,gradcam", "--layer", "final",
-                 "--smooth", "3", "--metrics", "pointing_game", "--out", str(tmp_path / "r")])
+    rows = main(
+        [
+            "--data",
+            str(repo / "configs/data/digits.yaml"),
+            "--data-arg",
+            "image_size=32",
+            "--data-arg",
+            "test_scenes=6",
+            "--classifier",
+            str(ckpt),
+            "--methods",
+            "gradient,gradcam",
+            "--layer",
+            "final",
+            "--smooth",
+            "3",
+            "--metrics",
+            "pointing_game",
+            "--out",
+            str(tmp_path / "r"),
+        ]
+    )
     assert {r["method"] for r in rows} == {"gradient@final+smooth3", "gradcam@final+smooth3"}
