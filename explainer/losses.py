@@ -177,16 +177,10 @@ def explainer_loss(
 ) -> dict[str, Tensor]:
     """The full loss and its terms.
 
-    Args:
-        mask_logits: ``[B, C, H, W]`` logits of the mask network.
-        targets: ``[B, C]`` multi-hot targets (labels or predictions).
-        masked_logits: classifier logits of the masked image ``m * x``.
-        inverse_logits: classifier logits of the inverse image ``(1 - m) * x``.
-        target_mask: ``m`` ``[B, 1, H, W]``.
-        nontarget_mask: ``n`` ``[B, 1, H, W]``.
-        weights: the coefficients (and the extra terms to add).
-        activation: the classifier's (:func:`classification_loss`): ``sigmoid`` gives the paper's BCE,
-            ``softmax`` cross-entropy on the target class; the other terms are the same for both.
+    The first six arguments and ``activation`` are the fields of :class:`LossInputs`; ``weights`` holds the
+    coefficients and the extra terms to add. ``activation`` sets the classification term
+    (:func:`classification_loss`): ``sigmoid`` gives the paper's BCE, ``softmax`` cross-entropy on the target
+    class; the other terms are the same for both.
 
     Returns:
         ``loss`` and each unweighted term: ``classification``, ``entropy``, ``tv``, ``class_area``,
