@@ -96,6 +96,10 @@ class LossInputs:
         target_mask: ``m`` ``[B, 1, H, W]``.
         nontarget_mask: ``n`` ``[B, 1, H, W]``.
         activation: the classifier's output activation (``sigmoid`` or ``softmax``).
+        sampled: ``[B]`` one present class per image (``-1`` for an image without one), drawn when a term
+            with ``class_rows`` is on, else ``None``.
+        kept_logits: classifier logits of ``m_c * x + (1 - m_c) * fill`` for the sampled class ``c``.
+        removed_logits: classifier logits of ``(1 - m_c) * x + m_c * fill``.
     """
 
     mask_logits: Tensor
@@ -105,6 +109,9 @@ class LossInputs:
     target_mask: Tensor
     nontarget_mask: Tensor
     activation: str = "sigmoid"
+    sampled: Tensor | None = None
+    kept_logits: Tensor | None = None
+    removed_logits: Tensor | None = None
 
 
 @dataclass
@@ -141,6 +148,12 @@ class LossWeights:
         """Every weighted term's weight, the paper's first and in its order, then ``extra``."""
         return {**{name: getattr(self, name) for name in PAPER_TERMS}, **self.extra}
 
+    def needs_class_rows(self) -> bool:
+        """Whether a term with a non-zero weight reads the per-class images (``kept`` / ``removed_logits``)."""
+        return any(
+            weight != 0 and getattr(LOSS_TERMS.get(name), "class_rows", False) for name, weight in self.extra.items()
+        )
+
 
 LossTerm = Callable[[LossInputs, LossWeights], Tensor]
 """A loss term: a scalar from the inputs (and the weights' other settings, such as the area bounds)."""
@@ -152,10 +165,19 @@ PAPER_TERMS = ("entropy", "tv", "class_area", "target_area", "nontarget_area")
 """The paper's weighted terms, in the order they are summed."""
 
 
-def register_loss_term(name: str) -> Callable[[LossTerm], LossTerm]:
+def register_loss_term(name: str, class_rows: bool = False) -> Callable[[LossTerm], LossTerm]:
     """Decorator: ``@register_loss_term("my_term")`` on a function ``(inputs, weights) -> scalar`` makes it
-    the term ``my_term``, switched on by an Explainer's ``extra_losses: {my_term: <weight>}``."""
-    return LOSS_TERMS.register(name)
+    the term ``my_term``, switched on by an Explainer's ``extra_losses: {my_term: <weight>}``.
+
+    ``class_rows=True``: the term reads ``sampled``, ``kept_logits`` and ``removed_logits``; the Explainer then
+    draws one present class per image and adds its two images to the classifier's one batched pass.
+    """
+
+    def add(term: LossTerm) -> LossTerm:
+        term.class_rows = class_rows  # type: ignore[attr-defined]
+        return LOSS_TERMS.add(name, term)
+
+    return add
 
 
 register_loss_term("entropy")(lambda x, w: inverse_entropy_loss(x.inverse_logits))
@@ -163,6 +185,59 @@ register_loss_term("tv")(lambda x, w: total_variation(x.target_mask) + total_var
 register_loss_term("class_area")(lambda x, w: class_area_loss(x.mask_logits, x.targets, w.min_area, w.max_area))
 register_loss_term("target_area")(lambda x, w: x.target_mask.mean())
 register_loss_term("nontarget_area")(lambda x, w: x.nontarget_mask.mean())
+
+
+# -- per-class objectives beyond the paper (docs/objectives.md) -----------------------------------------------
+def _present_others(targets: Tensor, sampled: Tensor) -> Tensor:
+    """``[B, C]`` the present classes of each image other than its sampled one."""
+    others = targets > 0
+    rows = torch.nonzero(sampled >= 0)[:, 0]
+    others[rows, sampled[rows]] = False
+    return others
+
+
+@register_loss_term("class_preservation", class_rows=True)
+def class_preservation_loss(x: LossInputs, w: LossWeights) -> Tensor:
+    """On ``m_c * x + (1 - m_c) * fill`` the classifier keeps the sampled class ``c`` and not the image's other
+    present classes: ``-log p_c - mean_{p present, p != c} log(1 - p_p)`` under a sigmoid, the cross-entropy
+    on ``c`` under a softmax. Images without a present class add 0; the mean runs over the others."""
+    z, sampled = x.kept_logits.float(), x.sampled
+    has = sampled >= 0
+    if not bool(has.any()):
+        return z.sum() * 0.0
+    index = sampled.clamp(min=0)[:, None]
+    if x.activation == "softmax":
+        per_image = -torch.log_softmax(z, dim=1).gather(1, index)[:, 0]
+    else:
+        others = _present_others(x.targets, sampled).float()
+        leak = (F.softplus(z) * others).sum(1) / others.sum(1).clamp(min=1)
+        per_image = F.softplus(-z.gather(1, index)[:, 0]) + leak
+    return per_image[has].mean()
+
+
+@register_loss_term("class_deletion", class_rows=True)
+def class_deletion_loss(x: LossInputs, w: LossWeights) -> Tensor:
+    """On ``(1 - m_c) * x + m_c * fill`` the classifier loses the sampled class ``c``: ``-log(1 - p_c)`` (sigmoid
+    or softmax probability). Images without a present class add 0."""
+    z, sampled = x.removed_logits.float(), x.sampled
+    has = sampled >= 0
+    if not bool(has.any()):
+        return z.sum() * 0.0
+    index = sampled.clamp(min=0)[:, None]
+    if x.activation == "softmax":
+        p = torch.softmax(z, dim=1).gather(1, index)[:, 0]
+        per_image = -torch.log1p(-p.clamp(max=1 - 1e-6))
+    else:
+        per_image = F.softplus(z.gather(1, index)[:, 0])
+    return per_image[has].mean()
+
+
+@register_loss_term("mask_binarisation")
+def mask_binarisation_loss(x: LossInputs, w: LossWeights) -> Tensor:
+    """``mean 4 m (1 - m)`` over every class mask ``m = sigmoid(S_c)``: 0 for masks of exactly 0 or 1, 1 at
+    0.5; it removes the positive floor of the sigmoid masks that mass-based scores count."""
+    m = torch.sigmoid(x.mask_logits.float())
+    return (4 * m * (1 - m)).mean()
 
 
 def explainer_loss(
@@ -174,10 +249,13 @@ def explainer_loss(
     nontarget_mask: Tensor,
     weights: LossWeights,
     activation: str = "sigmoid",
+    sampled: Tensor | None = None,
+    kept_logits: Tensor | None = None,
+    removed_logits: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """The full loss and its terms.
 
-    The first six arguments and ``activation`` are the fields of :class:`LossInputs`; ``weights`` holds the
+    The arguments but ``weights`` are the fields of :class:`LossInputs`; ``weights`` holds the
     coefficients and the extra terms to add. ``activation`` sets the classification term
     (:func:`classification_loss`): ``sigmoid`` gives the paper's BCE, ``softmax`` cross-entropy on the target
     class; the other terms are the same for both.
@@ -186,7 +264,22 @@ def explainer_loss(
         ``loss`` and each unweighted term: ``classification``, ``entropy``, ``tv``, ``class_area``,
         ``target_area``, ``nontarget_area``, then the extra terms.
     """
-    inputs = LossInputs(mask_logits, targets, masked_logits, inverse_logits, target_mask, nontarget_mask, activation)
+    inputs = LossInputs(
+        mask_logits,
+        targets,
+        masked_logits,
+        inverse_logits,
+        target_mask,
+        nontarget_mask,
+        activation,
+        sampled,
+        kept_logits,
+        removed_logits,
+    )
+    if weights.needs_class_rows() and (sampled is None or kept_logits is None or removed_logits is None):
+        raise ValueError(
+            "a per-class loss term is on but no per-class rows were given (sampled, kept_logits, removed_logits)"
+        )
     terms = {"classification": classification_loss(masked_logits, targets, activation)}
     loss = terms["classification"]
     for name, weight in weights.terms().items():

@@ -22,6 +22,14 @@ from explainer.ops import IMAGENET_MEAN, IMAGENET_STD, gaussian_blur
 from explainer.protocols import get_protocol, wrap_for_protocol
 
 
+def sample_present_classes(targets: Tensor) -> Tensor:
+    """``[B]`` one present class per image, uniformly among its present ones (global RNG); ``-1`` for none."""
+    present = (targets > 0).float()
+    has = present.sum(1) > 0
+    drawn = torch.multinomial(torch.where(has[:, None], present, torch.ones_like(present)), 1)[:, 0]
+    return torch.where(has, drawn, torch.full_like(drawn, -1))
+
+
 class ExplainerModule(SafeLoading, pl.LightningModule):
     """The Explainer: one forward pass gives a mask per class for a frozen multi-label classifier.
 
@@ -205,17 +213,29 @@ class ExplainerModule(SafeLoading, pl.LightningModule):
         fill = self.fill_for(images)
         masked = target_mask * images + (1 - target_mask) * fill
         inverse = (1 - target_mask) * images + target_mask * fill
-        masked_logits, inverse_logits = self.classifier(torch.cat([masked, inverse])).chunk(2)
+        rows = [masked, inverse]
+        sampled = None
+        if self.weights.needs_class_rows():  # one present class per image, its two images in the same pass
+            sampled = sample_present_classes(targets)
+            class_mask = torch.sigmoid(
+                mask_logits.gather(1, sampled.clamp(min=0).view(-1, 1, 1, 1).expand(-1, 1, *mask_logits.shape[-2:]))
+            )
+            rows += [class_mask * images + (1 - class_mask) * fill, (1 - class_mask) * images + class_mask * fill]
+        logits = self.classifier(torch.cat(rows)).chunk(len(rows))
         terms = explainer_loss(
             mask_logits,
             targets,
-            masked_logits,
-            inverse_logits,
+            logits[0],
+            logits[1],
             target_mask,
             nontarget_mask,
             self.weights,
             activation=self.classifier.activation,
+            sampled=sampled,
+            kept_logits=logits[2] if sampled is not None else None,
+            removed_logits=logits[3] if sampled is not None else None,
         )
+        masked_logits, inverse_logits = logits[0], logits[1]
         return {
             **terms,
             "mask_logits": mask_logits,
