@@ -115,6 +115,37 @@ def present_classes(labels: Tensor) -> Tensor:
     return torch.where(taken, order, torch.full_like(order, -1))
 
 
+def random_blob_masks(
+    count: int,
+    size: tuple[int, int],
+    area: tuple[float, float] = (0.05, 0.95),
+    cells: tuple[int, int] = (2, 8),
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """``[count, 1, H, W]`` binary masks of random blobs covering a random share of the image each.
+
+    Each mask thresholds smooth noise (uniform noise on a ``k x k`` grid, ``k`` drawn from ``cells``,
+    upsampled bilinearly) at the quantile that keeps a share drawn uniformly from ``area``: one to a few
+    blobs of random shape, the kind of mask an evaluator for the encoding check is trained on.
+    """
+    if not 0 <= area[0] <= area[1] <= 1:
+        raise ValueError(f"area must be a range within [0, 1], got {area}")
+    height, width = size
+    masks = []
+    for _ in range(count):
+        k = int(torch.randint(cells[0], cells[1] + 1, (1,), generator=generator))
+        noise = torch.rand(1, 1, k, k, generator=generator)
+        smooth = F.interpolate(noise, size=(height, width), mode="bilinear", align_corners=False).flatten()
+        share = area[0] + (area[1] - area[0]) * float(torch.rand((), generator=generator))
+        keep = int(round(share * smooth.numel()))
+        mask = torch.zeros_like(smooth)
+        if keep > 0:
+            mask[smooth.topk(keep).indices] = 1.0
+        masks.append(mask.view(1, height, width))
+    return torch.stack(masks).to(device) if masks else torch.zeros(0, 1, height, width, device=device)
+
+
 __all__ = [
     "ACTIVATIONS",
     "IMAGENET_MEAN",

@@ -99,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--methods", required=True, help="comma-separated methods, e.g. explainer=<path>,rise")
     add("--option", action="append", default=[], help="method option, e.g. rise.num_masks=1000")
     add("--metrics", default="all", help=f"'all' or a comma list of {', '.join(METRIC_GROUPS)}")
+    add(
+        "--evaluator",
+        default=None,
+        help="the encoding check's evaluator: a ClassifierModule checkpoint trained on randomly masked images "
+        "(configs/quickstart/evaluator.yaml); adds the 'encoding' metric",
+    )
     add("--out", required=True, help="output folder")
     add("--limit", type=int, default=None, help="at most this many test images (grids under --protocol)")
     add("--seed", type=int, default=0, help="seed of the methods' randomness")
@@ -249,6 +255,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     try:
         methods = parse_methods(args.methods, args.option)
         metrics = ["localisation"] if args.protocol else parse_metrics(args.metrics)
+        if args.evaluator is None and "encoding" in metrics:
+            if args.metrics != "all":
+                raise ValueError("the 'encoding' metric needs --evaluator <checkpoint of an evaluator>")
+            metrics.remove("encoding")
         shorthand = device_options(args.device, args.devices)
     except ValueError as error:
         parser.error(str(error))
@@ -275,6 +285,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     check_class_names(classifier, getattr(datamodule, "class_names", None), datamodule.num_classes)
     if hasattr(datamodule, "mean"):
         classifier.set_data_normalization(datamodule.mean, datamodule.std)
+    if args.evaluator is not None:
+        settings.evaluator = load_classifier(args.evaluator, num_classes=datamodule.num_classes)
+        check_class_names(settings.evaluator, getattr(datamodule, "class_names", None), datamodule.num_classes)
+        if hasattr(datamodule, "mean"):
+            settings.evaluator.set_data_normalization(datamodule.mean, datamodule.std)
     record = {
         "classifier": classifier_spec,
         "classifier_sha256": state_hash(classifier),
@@ -291,6 +306,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         "protocol": args.protocol,
         "precision": str(trainer.precision),
     }
+    if settings.evaluator is not None:
+        record.update(evaluator=args.evaluator, evaluator_sha256=state_hash(settings.evaluator))
     if args.protocol is not None:
         protocol = get_protocol(args.protocol)
         record.update(grid_size=args.grid_size, confidence=args.confidence, targets=protocol.explained(args.grid_size))

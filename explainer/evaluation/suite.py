@@ -22,6 +22,7 @@ from torchmetrics import Metric
 from explainer.data.batch import Batch
 from explainer.metrics import (
     ClassSpecificity,
+    EncodingCheck,
     EnergyPointingGame,
     InsertionDeletion,
     LocalisationScore,
@@ -50,6 +51,8 @@ class EvaluationSettings:
         saliency_mode: ``paper`` (the Explainer paper's setting: one merged mask per image, softmax
             probabilities) or ``pairs`` (one sample per image-class pair, sigmoid probabilities).
         prediction_threshold: probability above which a class counts as predicted.
+        evaluator: the encoding check's evaluator (a frozen classifier trained on randomly masked images), or
+            ``None``: then the ``encoding`` group is left out.
     """
 
     metrics: list[str] = field(default_factory=lambda: list(METRIC_GROUPS))
@@ -61,6 +64,7 @@ class EvaluationSettings:
     tie_order: str = "rise"
     saliency_mode: str = "paper"
     prediction_threshold: float = 0.5
+    evaluator: nn.Module | None = None
 
 
 @dataclass
@@ -114,7 +118,8 @@ class MetricSpec:
         arguments: the metric's ``update`` arguments from a :class:`StepInputs`.
         keys: the ``compute()`` keys that become rows (``invalid`` rows carry no standard error).
         higher_is_better: per key, whether higher is better (``None``: a count).
-        needs: ``ground_truth`` (masks or boxes), ``boxes``, ``cells`` (grid protocols) or ``None``.
+        needs: ``ground_truth`` (masks or boxes), ``boxes``, ``cells`` (grid protocols), ``evaluator`` (the
+            encoding check) or ``None``.
         all_masks: the metric needs the maps of every class (one more method call per batch).
         stderr: ``batches`` (batch-means standard error) or ``samples`` (from the per-sample scores).
     """
@@ -132,12 +137,14 @@ class MetricSpec:
         """Accumulates one batch into ``metric`` and returns that batch's values (``Metric.forward``)."""
         return metric(*self.arguments(inputs))
 
-    def available(self, source: str | None, has_boxes: bool) -> bool:
-        """Whether a batch with this ground truth can feed the metric."""
+    def available(self, source: str | None, has_boxes: bool, has_evaluator: bool = False) -> bool:
+        """Whether a batch with this ground truth (and the settings' evaluator) can feed the metric."""
         if self.needs == "ground_truth":
             return source is not None
         if self.needs == "boxes":
             return has_boxes
+        if self.needs == "evaluator":
+            return has_evaluator
         return True
 
 
@@ -222,6 +229,13 @@ SPECS: dict[str, MetricSpec] = {
             all_masks=True,
         ),
         _spec(
+            "encoding",
+            lambda c: EncodingCheck(c.classifier, c.settings.evaluator, activation=c.activation),
+            lambda s: (s.images, s.unit_maps, s.classes),
+            {"classifier_p": None, "evaluator_p": True, "gap": False, "invalid": None},
+            needs="evaluator",
+        ),
+        _spec(
             "localisation",
             lambda c: LocalisationScore(c.grid_size),
             lambda s: (s.maps, s.cells),
@@ -255,7 +269,12 @@ def ground_truth_source(batch: Batch) -> str | None:
 
 def build_suite(names: Iterable[str], context: SuiteContext, has_boxes: bool) -> dict[str, Metric]:
     """The metrics of ``names`` that the ground truth allows (the others are left out), by group name."""
-    return {name: SPECS[name].build(context) for name in names if SPECS[name].available(context.source, has_boxes)}
+    has_evaluator = context.settings.evaluator is not None
+    return {
+        name: SPECS[name].build(context)
+        for name in names
+        if SPECS[name].available(context.source, has_boxes, has_evaluator)
+    }
 
 
 def unit_maps(maps: Tensor, unit_range: bool) -> Tensor:

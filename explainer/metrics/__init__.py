@@ -57,6 +57,7 @@ from explainer.metrics.causal import (
 )
 from explainer.metrics.common import gt_masks, gt_valid, image_sizes
 from explainer.metrics.difficult import DifficultList, difficult_pairs
+from explainer.metrics.encoding import EncodingCheck
 from explainer.metrics.localisation import LocalisationScore, localisation_scores
 from explainer.metrics.pointing import (
     EnergyPointingGame,
@@ -77,6 +78,7 @@ __all__ = [
     "SEGMENTATION_KEYS",
     "ClassSpecificity",
     "DifficultList",
+    "EncodingCheck",
     "EnergyPointingGame",
     "InsertionDeletion",
     "LocalisationScore",

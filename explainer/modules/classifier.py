@@ -14,6 +14,7 @@ from explainer.data.batch import Batch
 from explainer.losses import classification_loss
 from explainer.modules.guards import SafeLoading, stop_if_not_finite
 from explainer.modules.stage_means import log_mean
+from explainer.ops import random_blob_masks
 
 
 class ClassifierModule(SafeLoading, pl.LightningModule):
@@ -32,6 +33,11 @@ class ClassifierModule(SafeLoading, pl.LightningModule):
         activation: ``sigmoid``, a multi-label classifier trained with BCE (the paper's), or ``softmax``, a
             single-label classifier trained with cross-entropy (for data with one label per image; the
             Explainer then uses the softmax objective).
+        random_masks: train, validate and test on images masked at random (binary blob masks, the masked-out
+            pixels at the mean colour): the *evaluator* of the encoding check (Jethani et al., 2021), a copy
+            of the classifier's architecture that reads masked images in general (``evaluate.py
+            --evaluator``).
+        mask_area: the range of the share of the image a random mask keeps.
     """
 
     def __init__(
@@ -45,10 +51,14 @@ class ClassifierModule(SafeLoading, pl.LightningModule):
         weight_decay: float = 0.0,
         scheduler: Literal["none", "onecycle", "cosine"] = "none",
         activation: Literal["sigmoid", "softmax"] = "sigmoid",
+        random_masks: bool = False,
+        mask_area: tuple[float, float] = (0.05, 0.95),
     ) -> None:
         super().__init__()
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class names given for num_classes={num_classes}")
+        if not 0 <= mask_area[0] <= mask_area[1] <= 1:
+            raise ValueError(f"mask_area must be a range within [0, 1], got {list(mask_area)}")
         self.save_hyperparameters()
         self.net = build_classifier(backbone, num_classes, weights)
         if freeze_backbone:
@@ -75,7 +85,11 @@ class ClassifierModule(SafeLoading, pl.LightningModule):
         return self.net(images)
 
     def _step(self, batch: Batch, stage: str) -> torch.Tensor:
-        logits = self(batch.image)
+        images = batch.image
+        if self.hparams.random_masks:  # masked-out pixels take the mean colour: 0 in normalised space
+            masks = random_blob_masks(len(images), tuple(images.shape[-2:]), tuple(self.hparams.mask_area))
+            images = images * masks.to(device=images.device, dtype=images.dtype)
+        logits = self(images)
         if logits.shape != batch.labels.shape:
             raise ValueError(
                 f"the classifier gives logits of shape {tuple(logits.shape)} for labels of shape "
