@@ -72,6 +72,16 @@ def classifier_options(source: str, options: list[str]) -> str | dict[str, Any]:
     return spec
 
 
+def select_metrics(spec: str, has_evaluator: bool) -> list[str]:
+    """``--metrics`` as a list: ``all`` leaves the encoding check out without an evaluator, naming it is an error."""
+    metrics = parse_metrics(spec)
+    if not has_evaluator and "encoding" in metrics:
+        if spec != "all":
+            raise ValueError("the 'encoding' metric needs --evaluator <checkpoint of an evaluator>")
+        metrics.remove("encoding")
+    return metrics
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``evaluate.py`` (the ``--trainer.*`` options are parsed by :func:`build_trainer`)."""
     parser = argparse.ArgumentParser(
@@ -254,11 +264,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         )
     try:
         methods = parse_methods(args.methods, args.option)
-        metrics = ["localisation"] if args.protocol else parse_metrics(args.metrics)
-        if args.evaluator is None and "encoding" in metrics:
-            if args.metrics != "all":
-                raise ValueError("the 'encoding' metric needs --evaluator <checkpoint of an evaluator>")
-            metrics.remove("encoding")
+        metrics = ["localisation"] if args.protocol else select_metrics(args.metrics, args.evaluator is not None)
         shorthand = device_options(args.device, args.devices)
     except ValueError as error:
         parser.error(str(error))

@@ -105,5 +105,12 @@ def test_evaluate_reports_the_encoding_check_with_an_evaluator(tmp_path, repo):
         assert gap == pytest.approx(value[(method, "encoding.classifier_p")] - value[(method, "encoding.evaluator_p")])
     with pytest.raises(SystemExit):
         main([*args, "--metrics", "encoding", "--out", str(tmp_path / "no_evaluator")])
-    rows = main([*args, "--metrics", "all", "--out", str(tmp_path / "all")])  # 'all' leaves it out without one
-    assert not any(r["metric"].startswith("encoding.") for r in rows)
+
+
+def test_all_metrics_include_the_encoding_check_only_with_an_evaluator():
+    from explainer.evaluation.cli import select_metrics
+
+    assert "encoding" in select_metrics("all", has_evaluator=True)
+    assert "encoding" not in select_metrics("all", has_evaluator=False) and "saliency" in select_metrics("all", False)
+    with pytest.raises(ValueError, match="needs --evaluator"):
+        select_metrics("saliency,encoding", has_evaluator=False)
