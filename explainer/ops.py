@@ -132,18 +132,17 @@ def random_blob_masks(
     if not 0 <= area[0] <= area[1] <= 1:
         raise ValueError(f"area must be a range within [0, 1], got {area}")
     height, width = size
-    masks = []
-    for _ in range(count):
-        k = int(torch.randint(cells[0], cells[1] + 1, (1,), generator=generator))
-        noise = torch.rand(1, 1, k, k, generator=generator)
-        smooth = F.interpolate(noise, size=(height, width), mode="bilinear", align_corners=False).flatten()
-        share = area[0] + (area[1] - area[0]) * float(torch.rand((), generator=generator))
-        keep = int(round(share * smooth.numel()))
-        mask = torch.zeros_like(smooth)
-        if keep > 0:
-            mask[smooth.topk(keep).indices] = 1.0
-        masks.append(mask.view(1, height, width))
-    return torch.stack(masks).to(device) if masks else torch.zeros(0, 1, height, width, device=device)
+    ks = torch.randint(cells[0], cells[1] + 1, (count,), generator=generator)
+    shares = area[0] + (area[1] - area[0]) * torch.rand(count, generator=generator)
+    smooth = torch.empty(count, height * width)
+    for k in ks.unique().tolist():  # one interpolation per grid size, not per mask
+        rows = torch.nonzero(ks == k)[:, 0]
+        noise = torch.rand(len(rows), 1, k, k, generator=generator)
+        smooth[rows] = F.interpolate(noise, size=(height, width), mode="bilinear", align_corners=False).flatten(1)
+    keep = (shares * height * width).round().long()
+    rank = smooth.argsort(dim=1, descending=True).argsort(dim=1)  # 0 for the highest value of each mask
+    masks = (rank < keep[:, None]).float()
+    return masks.view(count, 1, height, width).to(device)
 
 
 __all__ = [
