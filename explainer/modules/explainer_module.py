@@ -14,7 +14,7 @@ from explainer.classifiers.frozen import state_hash
 from explainer.classifiers.source import check_class_names, classifier_hparams, load_classifier
 from explainer.data.batch import Batch
 from explainer.export import read_mask_net_state
-from explainer.losses import LossWeights, explainer_loss, target_masks
+from explainer.losses import LOSS_TERMS, LossWeights, explainer_loss, target_masks
 from explainer.modules.guards import SafeLoading, stop_if_not_finite
 from explainer.modules.stage_means import log_mean
 from explainer.nets.masknets import build_mask_net, class_head_plan, transfer_class_heads
@@ -28,6 +28,29 @@ def sample_present_classes(targets: Tensor) -> Tensor:
     has = present.sum(1) > 0
     drawn = torch.multinomial(torch.where(has[:, None], present, torch.ones_like(present)), 1)[:, 0]
     return torch.where(has, drawn, torch.full_like(drawn, -1))
+
+
+def check_options(
+    weights: LossWeights, num_classes: int, mask_net_kwargs: dict[str, Any], protocol: str | None, grid_size: int
+) -> None:
+    """Errors for options that contradict each other, before anything trains."""
+    per_class = [name for name, w in weights.extra.items() if w and getattr(LOSS_TERMS.get(name), "class_rows", False)]
+    if per_class and num_classes < 2:
+        raise ValueError(
+            f"the per-class loss terms {', '.join(per_class)} compare one class's mask with the others', but this "
+            f"mask network outputs a single mask (num_classes={num_classes}); set their weights to 0"
+        )
+    cells = int(mask_net_kwargs.get("cells", 0) or 0)
+    if cells:
+        spec = get_protocol(protocol) if protocol is not None else None
+        if spec is None or not spec.per_cell:
+            raise ValueError(
+                f"mask_net_kwargs.cells={cells} gives each per-cell class a cell prior, but "
+                f"{'no protocol is set' if spec is None else spec.name + ' has no per-cell classes'}; "
+                "use it with a per-cell protocol (difull, dipart) or drop it"
+            )
+        if cells != grid_size:
+            raise ValueError(f"mask_net_kwargs.cells={cells} differs from grid_size={grid_size}; set them equal")
 
 
 class ExplainerModule(SafeLoading, pl.LightningModule):
@@ -133,6 +156,10 @@ class ExplainerModule(SafeLoading, pl.LightningModule):
             )
         self.hparams.classifier_hash = self.classifier.content_hash
         self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
+        self.weights = LossWeights(
+            entropy, tv, class_area, target_area, nontarget_area, min_area, max_area, extra=dict(extra_losses or {})
+        )
+        check_options(self.weights, num_classes, mask_net_kwargs or {}, protocol, grid_size)
         self.mask_net = build_mask_net(mask_net, num_classes, **(mask_net_kwargs or {}))
         if encoder_from_classifier:
             if not hasattr(self.mask_net, "init_encoder_from"):
@@ -140,9 +167,6 @@ class ExplainerModule(SafeLoading, pl.LightningModule):
                     f"mask network '{mask_net}' cannot start from the classifier's features; use 'classifier_unet'"
                 )
             self.mask_net.init_encoder_from(getattr(self.classifier.net, "base", self.classifier.net))
-        self.weights = LossWeights(
-            entropy, tv, class_area, target_area, nontarget_area, min_area, max_area, extra=dict(extra_losses or {})
-        )
         self.register_buffer("norm_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("norm_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self._checked_classifier = False

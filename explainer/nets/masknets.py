@@ -17,9 +17,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from explainer.classifiers.factory import build_classifier, load_backbone_weights
+from explainer.nets.mask_output import PRIOR_KEY, attach_mask_output
 from explainer.registry import Registry
 
 MASK_NETS: Registry[Callable[..., nn.Module]] = Registry("mask network")
+OUTPUT_OPTIONS = ("output", "temperature", "cells", "cell_prior")
+"""``mask_net_kwargs`` that :func:`build_mask_net` applies to any network (:mod:`explainer.nets.mask_output`)."""
 
 
 def register_mask_net(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
@@ -39,7 +42,10 @@ def build_mask_net(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
         name: ``unet`` (compact U-Net for CPU and small images), ``deeplabv3_resnet50`` (the paper's),
             or ``deeplabv3_mobilenet_v3_large`` / ``lraspp_mobilenet_v3_large`` (light torchvision nets).
         num_classes: one output channel per class (no background channel).
-        **kwargs: the network's own options.
+        **kwargs: the network's own options, and the output options every network takes
+            (:mod:`explainer.nets.mask_output`): ``output`` (``sigmoid`` or ``hard_concrete``),
+            ``temperature`` (of the hard-concrete sample in training), ``cells`` (``n`` of a per-cell
+            protocol's grids: a learned per-class cell prior) and ``cell_prior`` (its starting strength).
 
     Returns:
         A module mapping ``[B, 3, H, W]`` images to ``[B, C, H, W]`` logits, with a ``head_prefix``.
@@ -47,7 +53,8 @@ def build_mask_net(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
     factory = MASK_NETS.get(name)
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    return factory(num_classes=num_classes, **kwargs)
+    options = {k: kwargs.pop(k) for k in OUTPUT_OPTIONS if k in kwargs}
+    return attach_mask_output(factory(num_classes=num_classes, **kwargs), num_classes, **options)
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
@@ -214,6 +221,10 @@ def transfer_class_heads(
         raise ValueError(f"{type(new).__name__} does not name its class head (head_prefix)")
     target = new.state_dict()
     out = {k: v for k, v in state.items() if not k.startswith(prefix)}
+    if PRIOR_KEY in target and (PRIOR_KEY not in state or state[PRIOR_KEY].shape != target[PRIOR_KEY].shape):
+        out[PRIOR_KEY] = target[PRIOR_KEY]  # a cell prior the source lacks (or for other classes) starts fresh
+    elif PRIOR_KEY not in target:
+        out.pop(PRIOR_KEY, None)
     old_index = {name: i for i, name in enumerate(old_classes)}
     shared = [
         (j, old_index[source])
