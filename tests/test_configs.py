@@ -25,7 +25,16 @@ def test_the_documented_configs_exist():
     }
     quickstart = {
         f"quickstart/{name}.yaml"
-        for name in ("classifier", "classifier_parts", "explainer", "explainer_difull", "finetune", "prototypes")
+        for name in (
+            "classifier",
+            "classifier_parts",
+            "explainer",
+            "explainer_difull",
+            "explainer_gridpg",
+            "evaluator",
+            "finetune",
+            "prototypes",
+        )
     }
     data = {f"data/{name}.yaml" for name in ("voc2007", "coco2014", "cub", "folder", "digits", "digits_single")}
     assert presets | quickstart | data <= names

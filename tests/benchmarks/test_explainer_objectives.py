@@ -25,7 +25,7 @@ def test_the_ablation_trains_scores_and_writes_every_variant(in_tmp):
         # a briefly trained classifier: the grids need single-digit scenes it classifies correctly
         cli = make_cli(
             ["fit", "--config", str(_PATH.parents[1] / "configs/quickstart/classifier.yaml"),
-             "--data.init_args.train_scenes", "2000", "--trainer.max_epochs", "2", "--trainer.logger", "false",
+             "--data.init_args.train_scenes", "4000", "--trainer.max_epochs", "3", "--trainer.logger", "false",
              "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(in_tmp / "classifier")]
         )  # fmt: skip
         classifier = cli.trainer.checkpoint_callback.best_model_path
