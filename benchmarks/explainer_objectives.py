@@ -1,5 +1,5 @@
-"""Ablation of the Explainer's objectives: the paper's loss, each per-class term and the hard-concrete mask
-output (docs/objectives.md).
+"""Ablation of the Explainer's objectives: the paper's loss, each per-class term and the mask outputs without
+a floor (hard concrete, clipped sigmoid; docs/objectives.md).
 
 Every variant is trained from the quickstart Explainer config against the same classifier, with the same
 budget and seed, and differs only in ``extra_losses`` and the mask output. Each export is then scored with
@@ -49,8 +49,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "+class_deletion": {"extra_losses": {"class_deletion": 1.0}},
     "+mask_binarisation": {"extra_losses": {"mask_binarisation": 0.1}},
     "+hard_concrete": {"output": "hard_concrete"},
+    "+clipped": {"output": "clipped"},
     "+class_deletion +hard_concrete": {"extra_losses": {"class_deletion": 1.0}, "output": "hard_concrete"},
-    "+both class terms +hard_concrete": {"extra_losses": CLASS_TERMS, "output": "hard_concrete"},
+    "+class_deletion +clipped": {"extra_losses": {"class_deletion": 1.0}, "output": "clipped"},
+    "+both class terms +clipped": {"extra_losses": CLASS_TERMS, "output": "clipped"},
 }
 COLUMNS = {
     "pointing_game.accuracy": "pointing",

@@ -9,7 +9,7 @@ import torch
 from explainer.export import export_explainer, load
 from explainer.modules.explainer_module import ExplainerModule
 from explainer.nets import build_mask_net
-from explainer.nets.mask_output import cell_prior_init, hard_concrete
+from explainer.nets.mask_output import cell_prior_init, clipped_sigmoid, hard_concrete
 from explainer.nets.masknets import transfer_class_heads
 from tests.helpers import write_classifier_checkpoint
 
@@ -103,3 +103,21 @@ def test_contradicting_options_are_refused_at_construction(tmp_path):
         str(ckpt), num_classes=40, mask_net="unet", mask_net_kwargs={**net, "cells": 2}, protocol="difull"
     )
     assert module.mask_net.cell_prior.shape == (40, 2, 2)
+
+
+def test_clipped_cuts_the_floor_and_keeps_the_sigmoid_gradient():
+    logits = torch.tensor([-6.0, -2.0, 0.0, 3.0, 8.0], requires_grad=True)
+    m = clipped_sigmoid(logits, floor=0.2)
+    expected = ((torch.sigmoid(logits) - 0.2).clamp(min=0) / 0.8).detach()
+    torch.testing.assert_close(m.detach(), expected)
+    assert m[0] == 0 and m[1] == 0 and 0 < m[2] < m[3] < m[4] < 1  # no plateau at the top
+    m.sum().backward()
+    torch.testing.assert_close(logits.grad, (torch.sigmoid(logits) * (1 - torch.sigmoid(logits)) / 0.8).detach())
+    net = build_mask_net("unet", 3, width=4, depth=2, output="clipped", floor=0.2)
+    with torch.no_grad():
+        net.head.bias[0] = -20.0
+    x = torch.randn(2, 3, 16, 16)
+    out = net.train()(x)
+    assert out[:, 0].sigmoid().max() <= 1e-6  # exact zeros (to 1e-6) in the forward pass
+    out.sigmoid()[:, 0].sum().backward()
+    assert net.head.bias.grad[0] != 0  # and still a gradient through the cut

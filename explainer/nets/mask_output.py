@@ -8,6 +8,11 @@ Both are mask-network options (``mask_net_kwargs``), so an export records them i
 
 * ``sigmoid`` (the paper's): ``m = sigmoid(S)``, in ``(0, 1)``. A mask never reaches 0, and the floor it
   keeps over the whole image counts in every mass-based score (IoU, the grid protocols' localisation).
+* ``clipped``: the sigmoid with its floor cut, ``m = max(0, sigmoid(S) - floor) / (1 - floor)``: exactly 0
+  where ``sigmoid(S) <= floor`` (default 0.05), smooth and strictly increasing above, so the top of a mask
+  keeps its ranking (no plateau of ties at 1). In training the gradient is the sigmoid's everywhere
+  (a straight-through estimate, ``sigmoid(S) / (1 - floor)`` in the backward pass): a mask cut to 0 can
+  still grow back, and the loss sees the cut masks.
 * ``hard_concrete``: the stretched and clipped sigmoid of the hard-concrete distribution (Louizos, Welling
   and Kingma, ICLR 2018, "Learning Sparse Neural Networks through L0 Regularization"),
   ``m = clip(sigmoid(S') * (zeta - gamma) + gamma, 0, 1)`` with ``gamma = -0.1``, ``zeta = 1.1`` (their
@@ -32,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-MASK_OUTPUTS = ("sigmoid", "hard_concrete")
+MASK_OUTPUTS = ("sigmoid", "clipped", "hard_concrete")
 HARD_CONCRETE_STRETCH = (-0.1, 1.1)
 """``(gamma, zeta)`` of the hard-concrete stretch (Louizos et al., 2018)."""
 LOGIT_EPS = 1e-6
@@ -50,6 +55,13 @@ def hard_concrete(logits: Tensor, training: bool, temperature: float = 2 / 3) ->
     else:
         s = torch.sigmoid(logits)
     return (s * (zeta - gamma) + gamma).clamp(0, 1)
+
+
+def clipped_sigmoid(logits: Tensor, floor: float = 0.05) -> Tensor:
+    """``max(0, sigmoid(S) - floor) / (1 - floor)``, with the gradient of ``sigmoid(S) / (1 - floor)``."""
+    smooth = torch.sigmoid(logits) / (1 - floor)
+    cut = (smooth - floor / (1 - floor)).clamp(min=0)
+    return smooth + (cut - smooth).detach()
 
 
 def cell_prior_init(num_classes: int, cells: int, strength: float) -> Tensor:
@@ -72,17 +84,29 @@ def _apply_output(module: nn.Module, inputs: Any, logits: Tensor) -> Tensor:
     prior = getattr(module, PRIOR_KEY, None)
     if prior is not None:
         logits = logits + F.interpolate(prior[None].to(logits.dtype), size=logits.shape[-2:], mode="nearest")
-    if module.mask_output == "hard_concrete":
+    if module.mask_output == "sigmoid":
+        return logits
+    if module.mask_output == "clipped":
+        masks = clipped_sigmoid(logits.float(), module.mask_floor)
+    else:
         masks = hard_concrete(logits.float(), module.training, module.mask_temperature)
-        logits = torch.logit(masks, eps=LOGIT_EPS).to(logits.dtype)
-    return logits
+    return _logit(masks).to(logits.dtype)
+
+
+def _logit(masks: Tensor) -> Tensor:
+    """``logit`` of masks in ``[0, 1]`` clamped to ``[eps, 1 - eps]``, with the gradient passed through the clamp
+    (its ``sigmoid`` is then the mask, and a mask at exactly 0 still carries its straight-through gradient)."""
+    clamped = masks.clamp(LOGIT_EPS, 1 - LOGIT_EPS)
+    clamped = masks + (clamped - masks).detach()
+    return torch.log(clamped) - torch.log1p(-clamped)
 
 
 def attach_mask_output(
     net: nn.Module,
     num_classes: int,
-    output: Literal["sigmoid", "hard_concrete"] = "sigmoid",
+    output: Literal["sigmoid", "clipped", "hard_concrete"] = "sigmoid",
     temperature: float = 2 / 3,
+    floor: float = 0.05,
     cells: int = 0,
     cell_prior: float = 4.0,
 ) -> nn.Module:
@@ -94,10 +118,13 @@ def attach_mask_output(
         raise ValueError(f"unknown mask output {output!r}; choose one of {', '.join(MASK_OUTPUTS)}")
     if not temperature > 0:
         raise ValueError(f"the hard-concrete temperature must be > 0, got {temperature}")
+    if not 0 <= floor < 1:
+        raise ValueError(f"the clipped output's floor must be in [0, 1), got {floor}")
     if cells < 0:
         raise ValueError(f"cells must be >= 0 (0: no cell prior), got {cells}")
     net.mask_output = output
     net.mask_temperature = float(temperature)
+    net.mask_floor = float(floor)
     if cells:
         net.register_parameter(PRIOR_KEY, nn.Parameter(cell_prior_init(num_classes, int(cells), cell_prior)))
     if output != "sigmoid" or cells:

@@ -21,7 +21,7 @@ from explainer.nets.mask_output import PRIOR_KEY, attach_mask_output
 from explainer.registry import Registry
 
 MASK_NETS: Registry[Callable[..., nn.Module]] = Registry("mask network")
-OUTPUT_OPTIONS = ("output", "temperature", "cells", "cell_prior")
+OUTPUT_OPTIONS = ("output", "temperature", "floor", "cells", "cell_prior")
 """``mask_net_kwargs`` that :func:`build_mask_net` applies to any network (:mod:`explainer.nets.mask_output`)."""
 
 
@@ -43,8 +43,8 @@ def build_mask_net(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
             or ``deeplabv3_mobilenet_v3_large`` / ``lraspp_mobilenet_v3_large`` (light torchvision nets).
         num_classes: one output channel per class (no background channel).
         **kwargs: the network's own options, and the output options every network takes
-            (:mod:`explainer.nets.mask_output`): ``output`` (``sigmoid`` or ``hard_concrete``),
-            ``temperature`` (of the hard-concrete sample in training), ``cells`` (``n`` of a per-cell
+            (:mod:`explainer.nets.mask_output`): ``output`` (``sigmoid``, ``clipped`` or ``hard_concrete``),
+            ``floor`` (of ``clipped``), ``temperature`` (of the hard-concrete sample in training), ``cells`` (``n`` of a per-cell
             protocol's grids: a learned per-class cell prior) and ``cell_prior`` (its starting strength).
 
     Returns:

@@ -19,7 +19,7 @@ def test_the_ablation_trains_scores_and_writes_every_variant(in_tmp):
     spec = importlib.util.spec_from_file_location("explainer_objectives", _PATH)
     bench = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = bench
-    recommended = "+both class terms +hard_concrete"
+    recommended = "+both class terms +clipped"
     try:
         spec.loader.exec_module(bench)
         # a briefly trained classifier: the grids need single-digit scenes it classifies correctly
@@ -44,6 +44,6 @@ def test_the_ablation_trains_scores_and_writes_every_variant(in_tmp):
             scores = run["scores"]
             assert {"pointing_game.accuracy", "class_specificity.other_present_mask", "encoding.gap"} <= set(scores)
             assert {"gridpg.mean", "difull.mean"} <= set(scores)
-    assert result[recommended]["options"]["output"] == "hard_concrete"
+    assert result[recommended]["options"]["output"] == "clipped"
     summary = bench.summarise(result[recommended]["seeds"])
     assert summary["gridpg.mean"][2] == 2  # the mean over both seeds
