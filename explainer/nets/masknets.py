@@ -44,8 +44,9 @@ def build_mask_net(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
         num_classes: one output channel per class (no background channel).
         **kwargs: the network's own options, and the output options every network takes
             (:mod:`explainer.nets.mask_output`): ``output`` (``sigmoid``, ``clipped`` or ``hard_concrete``),
-            ``floor`` (of ``clipped``), ``temperature`` (of the hard-concrete sample in training), ``cells`` (``n`` of a per-cell
-            protocol's grids: a learned per-class cell prior) and ``cell_prior`` (its starting strength).
+            ``floor`` (of ``clipped``), ``temperature`` (of the hard-concrete sample in training), ``cells``
+            (``n`` of a per-cell protocol's grids: a learned per-class cell prior) and ``cell_prior`` (its
+            starting strength).
 
     Returns:
         A module mapping ``[B, 3, H, W]`` images to ``[B, C, H, W]`` logits, with a ``head_prefix``.
