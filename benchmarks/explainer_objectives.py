@@ -98,10 +98,10 @@ def train_evaluator(args: argparse.Namespace, work: Path) -> str:
 
 
 def variant_overrides(config: str, variant: dict[str, Any]) -> list[str]:
-    """The config's model options with the variant's: its ``extra_losses`` replace the config's, its ``output``
-    joins the config's ``mask_net_kwargs``."""
+    """The config's model options with the variant's: its ``extra_losses`` and mask ``output`` (the sigmoid when
+    it names none) replace the config's; the config's other ``mask_net_kwargs`` stay."""
     model = yaml.safe_load((REPO / config).read_text())["model"]["init_args"]
-    kwargs = {**model.get("mask_net_kwargs", {}), **({"output": variant["output"]} if "output" in variant else {})}
+    kwargs = {**model.get("mask_net_kwargs", {}), "output": variant.get("output", "sigmoid")}
     return [
         "--model.init_args.extra_losses", json.dumps(variant.get("extra_losses", {})),
         "--model.init_args.mask_net_kwargs", json.dumps(kwargs),
