@@ -216,6 +216,29 @@ def print_table(results: dict[str, dict], title: str) -> None:
     console.print(table)
 
 
+def markdown(results: dict[str, dict]) -> str:
+    """The table for the docs: mean (± standard error over seeds, or the batch-means one for one seed) per
+    metric, and the class-specificity ratios (another present / an absent class's mask, over the own mask's
+    p_t, from the means)."""
+    summaries = {name: summarise(r["seeds"]) for name, r in results.items()}
+    shown = [m for m in COLUMNS if any(m in s for s in summaries.values())]
+    header = ["variant", "seeds", *(COLUMNS[m] for m in shown), "other / own ↓", "absent / own ↓"]
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    for name, summary in summaries.items():
+        cells = [name, str(len(results[name]["seeds"]))]
+        for metric in shown:
+            if metric not in summary:
+                cells.append("-")  # not run for this variant
+                continue
+            value, stderr, _ = summary[metric]
+            cells.append(f"{value:.3f}" + (f" ± {stderr:.3f}" if stderr is not None and stderr == stderr else ""))
+        own = summary.get("class_specificity.own_mask", (float("nan"),))[0]
+        for key in ("class_specificity.other_present_mask", "class_specificity.absent_mask"):
+            cells.append(f"{summary.get(key, (float('nan'),))[0] / own:.3f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--classifier", default="checkpoints/quickstart/classifier.ckpt")
@@ -245,7 +268,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", default=str(RESULTS / "explainer_objectives.json"))
     parser.add_argument("--fresh", action="store_true", help="replace --out instead of merging into it")
     parser.add_argument("--fast", action="store_true", help="a smoke run")
+    parser.add_argument("--report", action="store_true", help="print --out's table as markdown; train nothing")
     args = parser.parse_args(argv)
+    if args.report:
+        results = json.loads(Path(args.out).read_text())["variants"]
+        print(markdown(results), end="")
+        return results
     os.environ.setdefault("WANDB_MODE", "offline")
     work = Path(args.work)
     if args.fast:
@@ -275,6 +303,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             }
             write_atomic(out, json.dumps(result, indent=2))  # after every run: a killed sweep keeps what it did
     print_table(results, f"Explainer objectives, {args.explainer_scenes} scenes x {args.explainer_epochs} epochs")
+    write_atomic(out.with_suffix(".md"), markdown(results))
     console.print(f"{time.perf_counter() - start:.0f} s")
     return results
 
