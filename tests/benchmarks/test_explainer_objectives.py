@@ -45,5 +45,7 @@ def test_the_ablation_trains_scores_and_writes_every_variant(in_tmp):
             assert {"pointing_game.accuracy", "class_specificity.other_present_mask", "encoding.gap"} <= set(scores)
             assert {"gridpg.mean", "difull.mean"} <= set(scores)
     assert result[recommended]["options"]["output"] == "clipped"
+    table = out.with_suffix(".md").read_text()
+    assert "| paper | 1 |" in table and f"| {recommended} | 2 |" in table and "other / own" in table
     summary = bench.summarise(result[recommended]["seeds"])
     assert summary["gridpg.mean"][2] == 2  # the mean over both seeds
