@@ -150,6 +150,8 @@ def run_variant(variant: dict[str, Any], seed: int, evaluator: str | None, args:
             *(["--evaluator", evaluator] if evaluator else []),
         ]
     )  # fmt: skip
+    if not args.grids:  # no grid scores, and so no grid fine-tunes
+        return {"scores": scores, "seconds": seconds}
     scores |= score_grids("gridpg", natural, args, folder / "scores" / "gridpg", common)
     for protocol in args.finetune:
         start = time.perf_counter()
@@ -262,7 +264,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--grid-epochs", type=int, default=2)
     parser.add_argument("--val", type=int, default=500)
     parser.add_argument("--test", type=int, default=200, help="test scenes scored")
-    parser.add_argument("--grids", type=int, default=64, help="grids scored per protocol")
+    parser.add_argument("--grids", type=int, default=64, help="grids scored per protocol (0: no grid scores)")
     parser.add_argument("--grid-scenes", type=int, default=500, help="single-digit scenes the grids are built from")
     parser.add_argument("--work", default="runs/explainer_objectives", help="folder for the runs and exports")
     parser.add_argument("--out", default=str(RESULTS / "explainer_objectives.json"))
@@ -279,7 +281,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.fast:
         args.explainer_scenes = args.evaluator_scenes = 32
         args.explainer_epochs = args.evaluator_epochs = args.grid_epochs = 1
-        args.val, args.test, args.grids, args.grid_scenes, args.train_grids, args.val_grids = 16, 8, 4, 200, 8, 4
+        args.val, args.test, args.grid_scenes, args.train_grids, args.val_grids = 16, 8, 200, 8, 4
+        args.grids = min(args.grids, 4)
     out = Path(args.out)
     previous = json.loads(out.read_text()) if out.exists() and not args.fresh else {}
     if previous and previous.get("budget") != budget_of(args):
