@@ -148,11 +148,15 @@ class LossWeights:
         """Every weighted term's weight, the paper's first and in its order, then ``extra``."""
         return {**{name: getattr(self, name) for name in PAPER_TERMS}, **self.extra}
 
+    def class_row_terms(self) -> list[str]:
+        """The terms with a non-zero weight that read the per-class images (``kept`` / ``removed_logits``)."""
+        return [
+            name for name, weight in self.extra.items() if weight and getattr(LOSS_TERMS.get(name), "class_rows", False)
+        ]
+
     def needs_class_rows(self) -> bool:
-        """Whether a term with a non-zero weight reads the per-class images (``kept`` / ``removed_logits``)."""
-        return any(
-            weight != 0 and getattr(LOSS_TERMS.get(name), "class_rows", False) for name, weight in self.extra.items()
-        )
+        """Whether any term reads the per-class images (:meth:`class_row_terms`)."""
+        return bool(self.class_row_terms())
 
 
 LossTerm = Callable[[LossInputs, LossWeights], Tensor]

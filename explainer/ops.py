@@ -140,8 +140,9 @@ def random_blob_masks(
         noise = torch.rand(len(rows), 1, k, k, generator=generator)
         smooth[rows] = F.interpolate(noise, size=(height, width), mode="bilinear", align_corners=False).flatten(1)
     keep = (shares * height * width).round().long()
-    rank = smooth.argsort(dim=1, descending=True).argsort(dim=1)  # 0 for the highest value of each mask
-    masks = (rank < keep[:, None]).float()
+    order = smooth.argsort(dim=1, descending=True)  # one sort: the first `keep` of each row are kept
+    kept = (torch.arange(height * width)[None] < keep[:, None]).float()
+    masks = torch.zeros_like(smooth).scatter_(1, order, kept)
     return masks.view(count, 1, height, width).to(device)
 
 

@@ -14,7 +14,7 @@ from explainer.classifiers.frozen import state_hash
 from explainer.classifiers.source import check_class_names, classifier_hparams, load_classifier
 from explainer.data.batch import Batch
 from explainer.export import read_mask_net_state
-from explainer.losses import LOSS_TERMS, LossWeights, explainer_loss, target_masks
+from explainer.losses import LossWeights, explainer_loss, target_masks
 from explainer.modules.guards import SafeLoading, stop_if_not_finite
 from explainer.modules.stage_means import log_mean
 from explainer.nets.masknets import build_mask_net, class_head_plan, transfer_class_heads
@@ -34,7 +34,7 @@ def check_options(
     weights: LossWeights, num_classes: int, mask_net_kwargs: dict[str, Any], protocol: str | None, grid_size: int
 ) -> None:
     """Errors for options that contradict each other, before anything trains."""
-    per_class = [name for name, w in weights.extra.items() if w and getattr(LOSS_TERMS.get(name), "class_rows", False)]
+    per_class = weights.class_row_terms()
     if per_class and num_classes < 2:
         raise ValueError(
             f"the per-class loss terms {', '.join(per_class)} compare one class's mask with the others', but this "

@@ -37,7 +37,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-MASK_OUTPUTS = ("sigmoid", "clipped", "hard_concrete")
 HARD_CONCRETE_STRETCH = (-0.1, 1.1)
 """``(gamma, zeta)`` of the hard-concrete stretch (Louizos et al., 2018)."""
 LOGIT_EPS = 1e-6
@@ -71,12 +70,10 @@ def cell_prior_init(num_classes: int, cells: int, strength: float) -> Tensor:
             f"cells={cells}: {num_classes} classes are not n^2 = {cells * cells} cells times a class count; "
             "cells is the grid size of a per-cell protocol (DiFull, DiPart), or 0 for none"
         )
-    per_cell = num_classes // (cells * cells)
-    prior = torch.full((num_classes, cells, cells), -float(strength))
-    for index in range(num_classes):
-        cell = index // per_cell
-        prior[index, cell // cells, cell % cells] = 0.0
-    return prior
+    own_cell = torch.arange(num_classes) // (num_classes // (cells * cells))
+    prior = torch.full((num_classes, cells * cells), -float(strength))
+    prior[torch.arange(num_classes), own_cell] = 0.0
+    return prior.view(num_classes, cells, cells)
 
 
 def _apply_output(module: nn.Module, inputs: Any, logits: Tensor) -> Tensor:
@@ -84,13 +81,8 @@ def _apply_output(module: nn.Module, inputs: Any, logits: Tensor) -> Tensor:
     prior = getattr(module, PRIOR_KEY, None)
     if prior is not None:
         logits = logits + F.interpolate(prior[None].to(logits.dtype), size=logits.shape[-2:], mode="nearest")
-    if module.mask_output == "sigmoid":
-        return logits
-    if module.mask_output == "clipped":
-        masks = clipped_sigmoid(logits.float(), module.mask_floor)
-    else:
-        masks = hard_concrete(logits.float(), module.training, module.mask_temperature)
-    return _logit(masks).to(logits.dtype)
+    to_masks = _OUTPUTS[module.mask_output]
+    return logits if to_masks is None else _logit(to_masks(module, logits.float())).to(logits.dtype)
 
 
 def _logit(masks: Tensor) -> Tensor:
@@ -99,6 +91,14 @@ def _logit(masks: Tensor) -> Tensor:
     clamped = masks.clamp(LOGIT_EPS, 1 - LOGIT_EPS)
     clamped = masks + (clamped - masks).detach()
     return torch.log(clamped) - torch.log1p(-clamped)
+
+
+_OUTPUTS = {
+    "sigmoid": None,  # the logits as they are
+    "clipped": lambda net, logits: clipped_sigmoid(logits, net.mask_floor),
+    "hard_concrete": lambda net, logits: hard_concrete(logits, net.training, net.mask_temperature),
+}
+"""Each output's masks in ``[0, 1]`` from the network and its logits."""
 
 
 def attach_mask_output(
@@ -114,8 +114,8 @@ def attach_mask_output(
 
     The network keeps its class and state-dict keys; the prior adds one parameter, ``cell_prior``.
     """
-    if output not in MASK_OUTPUTS:
-        raise ValueError(f"unknown mask output {output!r}; choose one of {', '.join(MASK_OUTPUTS)}")
+    if output not in _OUTPUTS:
+        raise ValueError(f"unknown mask output {output!r}; choose one of {', '.join(_OUTPUTS)}")
     if not temperature > 0:
         raise ValueError(f"the hard-concrete temperature must be > 0, got {temperature}")
     if not 0 <= floor < 1:
@@ -131,6 +131,9 @@ def attach_mask_output(
         net.register_forward_hook(_apply_output)
     return net
 
+
+MASK_OUTPUTS = tuple(_OUTPUTS)
+"""The output names, the paper's first."""
 
 __all__ = [
     "HARD_CONCRETE_STRETCH",
