@@ -77,7 +77,8 @@ def export_explainer(
     torchscript: bool = False,
     overwrite: bool = False,
 ) -> Path:
-    """Writes an :class:`~explainer.modules.explainer_module.ExplainerModule` to ``folder``.
+    """Writes a learned explainer (:class:`~explainer.modules.learned.LearnedExplainerModule`: the Explainer,
+    real-time saliency, FastSHAP) to ``folder``.
 
     Args:
         module: the trained module.
@@ -120,10 +121,9 @@ def export_explainer(
         },
         "targets": hp.targets,
         "fill": hp.fill,
-        "loss_weights": {
-            k: float(getattr(hp, k))
-            for k in ("entropy", "tv", "class_area", "target_area", "nontarget_area", "min_area", "max_area")
-        },
+        "kind": getattr(module, "kind", "explainer") or "explainer",
+        "map_output": getattr(module, "map_output", "mask_logits"),
+        **(module.export_settings() if hasattr(module, "export_settings") else {}),
     }
     with replacing_folder(folder) as staging:  # every file in a fresh folder, renamed into place at the end
         save_file(state, str(staging / WEIGHTS_NAME), metadata={"format": FORMAT})
@@ -142,7 +142,10 @@ def export_explainer(
 
 
 class LoadedExplainer(nn.Module):
-    """An exported Explainer: the mask network and its config.
+    """An exported learned explainer: its network and its config.
+
+    ``config["map_output"]`` says what the network gives: ``mask_logits`` (the Explainer, real-time saliency:
+    ``explain()`` returns masks in [0, 1]) or ``values`` (FastSHAP: signed attributions, returned as they are).
 
     Args:
         net: the mask network.
@@ -156,6 +159,17 @@ class LoadedExplainer(nn.Module):
         self.class_names: list[str] = list(config["class_names"])
         self.mean = tuple(config["normalization"]["mean"])
         self.std = tuple(config["normalization"]["std"])
+        self.kind: str = config.get("kind", "explainer")
+        self.map_output: str = config.get("map_output", "mask_logits")
+        if self.map_output not in ("mask_logits", "values"):
+            raise ValueError(
+                f"unknown map_output {self.map_output!r} in the export's config; expected mask_logits or values"
+            )
+
+    def maps(self, images: Tensor) -> Tensor:
+        """Every class's explanation ``[B, C, H, W]`` of normalised images (masks in [0, 1], or values)."""
+        out = self.net(images)
+        return torch.sigmoid(out) if self.map_output == "mask_logits" else out
 
     def forward(self, images: Tensor) -> Tensor:
         """Mask logits ``[B, C, H, W]`` of normalised images."""
@@ -182,7 +196,7 @@ class LoadedExplainer(nn.Module):
 
     @torch.no_grad()
     def explain(self, images: Tensor, classes: Tensor | list[int] | list[str] | None = None) -> Tensor:
-        """Per-class masks in ``[0, 1]`` from one forward pass.
+        """Per-class masks in ``[0, 1]`` (or values, for ``map_output: values``) from one forward pass.
 
         Args:
             images: ``[B, 3, H, W]`` normalised images (see ``mean`` / ``std``), or one ``[3, H, W]`` image.
@@ -200,7 +214,7 @@ class LoadedExplainer(nn.Module):
         images = self._check_images(images)
         was_training = self.net.training
         self.net.eval()
-        masks = torch.sigmoid(self.net(images))
+        masks = self.maps(images)
         self.net.train(was_training)
         if classes is None:
             return masks
@@ -303,6 +317,7 @@ def load(
         "classifier": {"reference": hp.get("classifier"), "sha256": hp.get("classifier_hash")},
         "targets": hp.get("targets", "labels"),
         "fill": hp.get("fill", "mean"),
+        **hp.get("_kind", {}),
     }
     return LoadedExplainer(net, config).to(map_location)
 
@@ -315,7 +330,9 @@ def _checkpoint_mask_net(path: Path) -> tuple[dict[str, Tensor], list[str], dict
     prefix = "mask_net."
     state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     names = hp.get("class_names") or [str(i) for i in range(int(hp["num_classes"]))]
-    hp = {**hp, "_normalization": _normalization_of(ckpt)}
+    kind = ckpt.get("explainer_kind")
+    kind = {k: str(v) for k, v in kind.items() if k in ("kind", "map_output")} if isinstance(kind, dict) else {}
+    hp = {**hp, "_normalization": _normalization_of(ckpt), "_kind": kind}
     return state, list(names), {"name": hp["mask_net"], "kwargs": dict(hp.get("mask_net_kwargs") or {})}, hp
 
 
@@ -349,6 +366,8 @@ def save_example_masks(model: LoadedExplainer, images: Tensor, path: str | Path,
 
     images = images[:max_images].cpu()
     masks = model.cpu().explain(images)
+    if model.map_output == "values":  # positive evidence, each map scaled to its maximum
+        masks = masks.clamp(min=0) / masks.flatten(2).amax(2).clamp(min=1e-12)[..., None, None]
     mean = torch.tensor(model.mean).view(1, 3, 1, 1)
     std = torch.tensor(model.std).view(1, 3, 1, 1)
     rgb = (images * std + mean).clamp(0, 1).permute(0, 2, 3, 1).numpy()

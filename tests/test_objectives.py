@@ -75,7 +75,7 @@ def test_the_explainer_adds_the_class_rows_to_its_one_classifier_pass(tmp_path):
     torch.manual_seed(0)
     module = ExplainerModule(str(ckpt), mask_net="unet", mask_net_kwargs={"width": 4, "depth": 2}, extra_losses=extra)
     batch = next(iter(DigitScenesDataModule(image_size=32, val_scenes=8, batch_size=8).val_dataloader()))
-    module._check_classifier(batch)  # the freeze check runs its own passes once
+    module.check_classifier(batch)  # the freeze check runs its own passes once
     calls = []
     module.classifier.register_forward_hook(lambda mod, args, out: calls.append(args[0].shape[0]))
     out = module.explain_batch(batch)
@@ -85,7 +85,7 @@ def test_the_explainer_adds_the_class_rows_to_its_one_classifier_pass(tmp_path):
     out["loss"].backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in module.mask_net.parameters())
     plain = ExplainerModule(str(ckpt), mask_net="unet", mask_net_kwargs={"width": 4, "depth": 2})
-    plain._check_classifier(batch)
+    plain.check_classifier(batch)
     plain.classifier.register_forward_hook(lambda mod, args, out: calls.append(args[0].shape[0]))
     plain.explain_batch(batch)
     assert calls[-1] == 2 * len(batch)  # the paper's loss keeps its two rows per image

@@ -8,6 +8,8 @@ is computed without gradients (FIDO: "the in-filler gets no gradient"). Sizes gi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -18,7 +20,16 @@ from explainer.registry import Registry
 
 
 class Infill(nn.Module):
-    """Base class: ``forward(images, keep, generator=None) -> fill`` (no gradient flows into the fill)."""
+    """Base class: ``forward(images, keep, generator=None) -> fill`` (no gradient flows into the fill).
+
+    ``mask_dependent`` says whether the fill depends on ``keep`` (a local mean, a learned in-painter); a fill
+    that does not (mean, blur) is computed once for all the masks of an image.
+    """
+
+    mask_dependent: bool = False
+
+    def set_normalization(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        """The data's normalisation, for fills defined in pixel space (black); most fills ignore it."""
 
     def fill(self, images: Tensor, keep: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """The fill of ``images`` given the hard keep-mask ``keep``."""
@@ -35,6 +46,18 @@ class Infill(nn.Module):
         with torch.no_grad():
             return self.fill(images.detach(), keep.detach().to(images.dtype), generator)
 
+    def check_data(
+        self, image_size: int | Sequence[int] | None, mean: Sequence[float] | None, std: Sequence[float] | None
+    ) -> None:
+        """Refuses data this in-filler cannot fill (a learned in-filler trained on another image size or
+        normalisation); the heuristic in-fillers fill any data, so here it does nothing.
+
+        Args:
+            image_size: the data's side or ``(H, W)`` (``None``: unknown).
+            mean: the data's normalisation mean (``None``: unknown).
+            std: the data's normalisation standard deviation (``None``: unknown).
+        """
+
 
 class MeanInfill(Infill):
     """Fills with 0, the dataset mean colour in normalised space."""
@@ -43,19 +66,42 @@ class MeanInfill(Infill):
         return torch.zeros_like(images)
 
 
+class BlackInfill(Infill):
+    """Fills with black (pixel value 0), i.e. ``-mean / std`` in normalised space."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("black", torch.zeros(1, 3, 1, 1), persistent=False)
+
+    def set_normalization(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        black = -torch.tensor(mean, dtype=torch.float32) / torch.tensor(std, dtype=torch.float32)
+        self.black.copy_(black.view(1, -1, 1, 1))
+
+    def fill(self, images: Tensor, keep: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        return self.black.to(images.dtype).expand_as(images)
+
+
 class BlurInfill(Infill):
     """Fills with a Gaussian blur of the image.
 
     Args:
-        sigma: standard deviation in pixels of a 224-pixel image (FIDO: 10), rescaled to the image size.
+        sigma: standard deviation in pixels of a ``reference_size``-pixel image (FIDO: 10 at 224), rescaled
+            to the image size; with ``reference_size=None``, in pixels of the image itself.
+        reference_size: the image side ``sigma`` refers to.
+        padding_mode: how the blur pads the border (``replicate`` or ``reflect``).
     """
 
-    def __init__(self, sigma: float = 10.0) -> None:
+    def __init__(self, sigma: float = 10.0, reference_size: int | None = 224, padding_mode: str = "replicate") -> None:
         super().__init__()
         self.sigma = float(sigma)
+        self.reference_size = reference_size
+        self.padding_mode = padding_mode
 
     def fill(self, images: Tensor, keep: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        return gaussian_blur(images, scaled(self.sigma, min(images.shape[-2:])))
+        sigma = self.sigma
+        if self.reference_size is not None:
+            sigma = scaled(sigma, min(images.shape[-2:]), self.reference_size)
+        return gaussian_blur(images, sigma, padding_mode=self.padding_mode)
 
 
 class LocalMeanInfill(Infill):
@@ -67,6 +113,8 @@ class LocalMeanInfill(Infill):
         window: side of the window in pixels of a 224-pixel image (FIDO: 15), rescaled to the image size
             and rounded to an odd number of at least 3.
     """
+
+    mask_dependent = True
 
     def __init__(self, window: int = 15) -> None:
         super().__init__()
@@ -110,6 +158,7 @@ class RandomInfill(Infill):
 INFILLS: Registry[type[Infill]] = Registry("in-filler", plural="in-fillers", sort=False)
 for _name, _infill in (
     ("mean", MeanInfill),
+    ("zero", BlackInfill),
     ("blur", BlurInfill),
     ("local_mean", LocalMeanInfill),
     ("random", RandomInfill),
@@ -117,8 +166,22 @@ for _name, _infill in (
     INFILLS.add(_name, _infill)
 
 
+LEARNED_PREFIX = "learned="
+"""``learned=<export folder>`` names a learned in-filler (:class:`~explainer.methods.learned_infill.LearnedInfill`)."""
+
+
 def build_infill(infill: str | Infill) -> Infill:
-    """An in-filler by name (``mean``, ``blur``, ``local_mean``, ``random``) or the given instance."""
+    """An in-filler by name (``mean``, ``blur``, ``local_mean``, ``random``), a learned in-filler as
+    ``learned=<export folder>`` (trained by ``configs/quickstart/infiller.yaml``), or the given instance."""
     if isinstance(infill, Infill):
         return infill
+    if isinstance(infill, str) and infill.startswith(LEARNED_PREFIX):
+        path = infill[len(LEARNED_PREFIX) :].strip()
+        if not path:
+            raise ValueError(
+                "'learned=' needs an in-filler export folder, e.g. learned=checkpoints/quickstart/infiller"
+            )
+        from explainer.methods.learned_infill import LearnedInfill  # its loader is imported when used
+
+        return LearnedInfill(path)
     return INFILLS.get(infill)()

@@ -43,7 +43,7 @@ class ExplainerAttribution(AttributionMethod):
     def attribute(self, images: Tensor, classes: Tensor, **kwargs: Any) -> Tensor:
         check_classes(images, classes)
         self.model.to(images.device)
-        masks = self.model(images).sigmoid()
+        masks = self.model.maps(images) if hasattr(self.model, "maps") else self.model(images).sigmoid()
         if classes.numel() and int(classes.max()) >= masks.shape[1]:
             raise ValueError(
                 f"the Explainer predicts {masks.shape[1]} class masks but class {int(classes.max())} was asked "

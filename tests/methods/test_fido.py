@@ -119,7 +119,7 @@ def test_random_infill_is_seeded_and_ignores_the_image() -> None:
 def test_infills_get_no_gradient() -> None:
     x = torch.randn(1, 3, 16, 16, requires_grad=True)
     keep = torch.rand(1, 1, 16, 16, requires_grad=True)
-    for name in ("mean", "blur", "local_mean", "random"):
+    for name in ("mean", "zero", "blur", "local_mean", "random"):
         assert not build_infill(name)(x, keep).requires_grad
-    with pytest.raises(ValueError, match="valid in-fillers: mean, blur, local_mean, random"):
+    with pytest.raises(ValueError, match="valid in-fillers: mean, zero, blur, local_mean, random"):
         build_infill("gan")

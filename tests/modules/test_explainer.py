@@ -184,7 +184,7 @@ def test_prediction_targets_and_fills(classifier_ckpt):
     black = (torch.zeros(1, 3, 1, 1) - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor(
         [0.229, 0.224, 0.225]
     ).view(1, 3, 1, 1)
-    torch.testing.assert_close(fill, black)
+    torch.testing.assert_close(fill, black.expand_as(batch.image))
 
 
 def test_export_callback_writes_the_best_checkpoint(classifier_ckpt, tmp_path):
