@@ -26,7 +26,12 @@ DEFAULT_RUNS_DIR = "runs"
 
 
 DEFAULT_RUN_NAME = "explainer"
-RUN_NAMES = {"ClassifierModule": "classifier", "ExplainerModule": "explainer", "PrototypeModule": "prototypes"}
+RUN_NAMES = {
+    "ClassifierModule": "classifier",
+    "ExplainerModule": "explainer",
+    "PrototypeModule": "prototypes",
+    "InfillerModule": "infiller",
+}
 """The folder under ``runs/`` of each stage's runs (with the default logger)."""
 
 

@@ -146,6 +146,36 @@ def random_blob_masks(
     return masks.view(count, 1, height, width).to(device)
 
 
+def random_grid_masks(
+    count: int,
+    size: tuple[int, int],
+    drop: tuple[float, float] = (0.1, 0.9),
+    cells: tuple[int, int] = (2, 16),
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """``[count, 1, H, W]`` binary keep masks made of random cells of a coarse grid.
+
+    Each mask draws a grid of ``k x k`` cells (``k`` uniform in ``cells``) and drops each cell with a
+    probability drawn uniformly from ``drop``; the grid is upsampled bilinearly and rounded, as FIDO rounds its
+    upsampled Concrete mask before the in-filler sees it (a 16 x 16 grid at 64 px is FIDO's own).
+    """
+    if not 0 <= drop[0] <= drop[1] <= 1:
+        raise ValueError(f"drop must be a range within [0, 1], got {drop}")
+    if not 1 <= cells[0] <= cells[1]:
+        raise ValueError(f"cells must be a range of grid sides >= 1, got {cells}")
+    height, width = size
+    ks = torch.randint(cells[0], cells[1] + 1, (count,), generator=generator)
+    shares = drop[0] + (drop[1] - drop[0]) * torch.rand(count, generator=generator)
+    masks = torch.empty(count, 1, height, width)
+    for k in ks.unique().tolist():  # one interpolation per grid size, not per mask
+        rows = torch.nonzero(ks == k)[:, 0]
+        kept = (torch.rand(len(rows), 1, k, k, generator=generator) >= shares[rows, None, None, None]).float()
+        up = F.interpolate(kept, size=(height, width), mode="bilinear", align_corners=False)
+        masks[rows] = torch.round(up)
+    return masks.to(device)
+
+
 __all__ = [
     "ACTIVATIONS",
     "IMAGENET_MEAN",
