@@ -79,10 +79,6 @@ class LearnedInfill(Infill):
                     "an in-filler on this data or use a heuristic fill (blur, mean)"
                 )
 
-    def set_normalization(self, mean: Sequence[float], std: Sequence[float]) -> None:
-        """Told the data's normalisation, refuses another one than the in-filler was trained on."""
-        self.check_data(None, mean, std)
-
     def fill(self, images: Tensor, keep: Tensor, generator: torch.Generator | None = None) -> Tensor:
         size = tuple(images.shape[-2:])
         if size != self.image_size:
