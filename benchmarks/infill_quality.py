@@ -13,7 +13,8 @@ seed, the same for every fill), on ``--images`` test scenes (a split the in-fill
 (c) FIDO (SSR) with the learned in-fill against FIDO with blur (its default), scored by ``evaluate.py`` on
     ``--fido-images`` test scenes: the saliency metric and insertion / deletion AUC.
 
-Writes ``benchmarks/results/infill_quality.json`` and ``.md`` (atomically) and prints the table::
+Writes ``benchmarks/results/infill_quality.json``, ``.md`` and ``.png`` (example in-fills of every fill), atomically,
+and prints the table::
 
     python train.py fit --config configs/quickstart/infiller.yaml     # checkpoints/quickstart/infiller
     python benchmarks/infill_quality.py
@@ -38,8 +39,10 @@ from explainer.atomic import write_atomic  # noqa: E402
 from explainer.classifiers.source import load_classifier  # noqa: E402
 from explainer.data.digits import DigitScenesDataModule  # noqa: E402
 from explainer.evaluation.cli import main as evaluate  # noqa: E402
+from explainer.export_infiller import infill_panel_figure  # noqa: E402
 from explainer.methods.infill import build_infill  # noqa: E402
 from explainer.ops import random_blob_masks, random_grid_masks  # noqa: E402
+from explainer.viz import save_figure  # noqa: E402
 
 HEURISTIC = ["mean", "blur", "local_mean", "random"]
 MASKS = {
@@ -65,6 +68,7 @@ def fill_scores(args: argparse.Namespace) -> dict[str, dict[str, dict[str, float
     for fill in fills.values():
         fill.check_data(dm.image_size, dm.mean, dm.std)
     sums: dict[str, dict[str, dict[str, float]]] = {k: {f: {} for f in fills} for k in MASKS}
+    shown: dict[str, dict[str, torch.Tensor]] = {k: {} for k in MASKS}
     count = 0
     for batch_index, batch in enumerate(dm.test_dataloader()):
         images = batch.image
@@ -88,8 +92,23 @@ def fill_scores(args: argparse.Namespace) -> dict[str, dict[str, dict[str, float
                 }
                 for key, value in values.items():
                     sums[kind][name][key] = sums[kind][name].get(key, 0.0) + float(value)
+                if batch_index == 0:
+                    shown[kind][name] = filled[: args.figure_images]
+            if batch_index == 0:
+                shown[kind]["keep"] = keep[: args.figure_images]
+        if batch_index == 0 and args.figure:
+            save_figure(infill_figure(images[: args.figure_images], shown, dm.mean, dm.std), args.figure)
         count += len(images)
     return {k: {f: {m: v / count for m, v in ms.items()} for f, ms in fs.items()} for k, fs in sums.items()}
+
+
+def infill_figure(images: torch.Tensor, shown: dict[str, dict[str, torch.Tensor]], mean: Any, std: Any) -> Any:
+    """Rows: the same scenes under a blob mask, then under a grid mask; columns: image, mask, masked, fills."""
+    keep = torch.cat([shown[k]["keep"] for k in MASKS])
+    fills = {name: torch.cat([shown[k][name] for k in MASKS]) for name in shown[next(iter(MASKS))] if name != "keep"}
+    return infill_panel_figure(
+        images.repeat(len(MASKS), 1, 1, 1), keep, fills, tuple(mean), tuple(std), title="blob masks, then grid masks"
+    )
 
 
 def fido_scores(args: argparse.Namespace, work: Path) -> dict[str, dict[str, tuple[float, float | None, int]]]:
@@ -155,6 +174,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--data-seed", type=int, default=0, help="scene seed (the data config's)")
     parser.add_argument("--work", default="runs/infill_quality", help="evaluate.py's output folders")
     parser.add_argument("--out", default=str(REPO / "benchmarks/results/infill_quality.json"))
+    parser.add_argument(
+        "--figure", default=str(REPO / "benchmarks/results/infill_quality.png"), help="PNG of example in-fills"
+    )
+    parser.add_argument("--figure-images", type=int, default=4, help="scenes in the figure (per mask kind)")
     args = parser.parse_args(argv)
     for path, what, config in [
         (args.classifier, "the quickstart classifier", "classifier"),
