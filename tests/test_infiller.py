@@ -270,3 +270,23 @@ def test_non_finite_weights_are_refused(tmp_path):
     with pytest.raises(ValueError, match="non-finite"):
         export_infiller(net, tmp_path / "bad", (16, 16), MEAN, STD)
     assert not (tmp_path / "bad").exists()
+
+
+def test_evaluate_refuses_fido_with_an_infiller_for_other_data_before_scoring(repo, tmp_path):
+    from explainer.evaluation.cli import main as evaluate
+    from tests.helpers import write_classifier_checkpoint
+
+    _, classifier = write_classifier_checkpoint(tmp_path)
+    _, small = _export(tmp_path, size=16, name="small")
+    _, other_norm = _export(tmp_path, size=32, name="other_norm")
+    common = [
+        "--data", str(repo / "configs/data/digits.yaml"), "--data-arg", "image_size=32", "--data-arg", "test_scenes=4",
+        "--classifier", str(classifier), "--methods", "fido", "--option", "fido.iterations=1",
+        "--metrics", "saliency", "--limit", "2", "--trainer.enable_progress_bar", "false",
+        "--trainer.logger", "false",
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match=r"image size \[16, 16\], but the data has image size \[32, 32\]"):
+        evaluate([*common, "--option", f"fido.infill=learned={small}", "--out", str(tmp_path / "a")])
+    with pytest.raises(ValueError, match=r"mean \[0.5, 0.4, 0.3\], but the data are normalised with mean \[0.485"):
+        evaluate([*common, "--option", f"fido.infill=learned={other_norm}", "--out", str(tmp_path / "b")])
+    assert not (tmp_path / "a" / "results.json").exists() and not (tmp_path / "b" / "results.json").exists()

@@ -29,6 +29,7 @@ from explainer.evaluation.module import AttributionEvaluation
 from explainer.evaluation.plan import MethodRun
 from explainer.evaluation.results import write_atomic, write_results
 from explainer.methods import build_method
+from explainer.methods.infill import Infill
 
 
 @dataclass
@@ -41,6 +42,16 @@ class Outcome:
     distributions: dict[str, Tensor] = field(default_factory=dict)
     aggatt: dict[str, Tensor] = field(default_factory=dict)
     figures: list[Path] = field(default_factory=list)
+
+
+def check_infill_data(method: nn.Module, datamodule: Any) -> None:
+    """Refuses, before any image is scored, a method whose in-filler (FIDO / BBMP's ``infill``) cannot fill this
+    data: a learned in-filler trained at another image size or normalisation (see ``Infill.check_data``)."""
+    infill = getattr(method, "infill", None)
+    if isinstance(infill, Infill):
+        infill.check_data(
+            getattr(datamodule, "image_size", None), getattr(datamodule, "mean", None), getattr(datamodule, "std", None)
+        )
 
 
 def evaluate_plan(
@@ -89,6 +100,7 @@ def evaluate_plan(
         console.print(f"[bold]{run.row}[/bold]")
         torch.manual_seed(seed)
         method = build_method(run.method, classifier, **run.options)
+        check_infill_data(method, datamodule)
         module = AttributionEvaluation(run.row, method, classifier, datamodule, run.settings, protocol, grid_size)
         trainer.test(module, verbose=False)
         outcome.rows += module.rows
