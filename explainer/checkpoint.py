@@ -15,7 +15,14 @@ import torch
 
 from explainer.trust import check_trusted, loading_from
 
-RESTORABLE_MODULES = ("ClassifierModule", "ExplainerModule", "PrototypeModule")
+RESTORABLE_MODULES = (
+    "ClassifierModule",
+    "ExplainerModule",
+    "RealTimeSaliencyModule",
+    "FastSHAPModule",
+    "PrototypeModule",
+    "InfillerModule",
+)
 """The LightningModules of :mod:`explainer.modules` that ``train.py --ckpt_path`` restores."""
 
 

@@ -29,6 +29,8 @@ DEFAULT_RUN_NAME = "explainer"
 RUN_NAMES = {
     "ClassifierModule": "classifier",
     "ExplainerModule": "explainer",
+    "RealTimeSaliencyModule": "rtsal",
+    "FastSHAPModule": "fastshap",
     "PrototypeModule": "prototypes",
     "InfillerModule": "infiller",
 }

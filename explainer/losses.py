@@ -290,3 +290,60 @@ def explainer_loss(
         terms[name] = LOSS_TERMS.get(name)(inputs, weights)
         loss = loss + weight * terms[name]
     return {"loss": loss, **terms}
+
+
+# -- real-time saliency (Dabkowski & Gal, NeurIPS 2017) -------------------------------------------------------
+@dataclass(frozen=True)
+class SaliencyWeights:
+    """Coefficients of the real-time saliency objective.
+
+    ``tv``, ``area``, ``area_power`` and the preserver : destroyer ratio ``preserve`` : ``destroy`` = 0.3 : 1 are
+    the reference implementation's defaults (PiotrDabkowski/pytorch-saliency, ``SaliencyLoss``); the paper asks
+    for a destroyer power ``destroy_power`` below 1, and 0.3 is used here.
+    """
+
+    tv: float = 0.5
+    area: float = 8.0
+    area_power: float = 0.3
+    preserve: float = 0.3
+    destroy: float = 1.0
+    destroy_power: float = 0.3
+
+    def __post_init__(self) -> None:
+        for name in ("tv", "area", "preserve", "destroy"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"the real-time saliency weight {name} must be >= 0, got {getattr(self, name)}")
+        for name in ("area_power", "destroy_power"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"the real-time saliency exponent {name} must be > 0, got {getattr(self, name)}")
+
+
+def real_time_saliency_loss(
+    masks: Tensor, preserved: Tensor, destroyed: Tensor, real: Tensor, weights: SaliencyWeights
+) -> dict[str, Tensor]:
+    """``tv TV(m) + area A(m)^p + preserve (-log f_c(phi(x, m))) + destroy f_c(phi(x, 1 - m))^q``, batch mean.
+
+    Args:
+        masks: ``[B, 1, H, W]`` masks in [0, 1] of the selected classes.
+        preserved: ``[B]`` the classifier's probability of the selected class on ``m * x + (1 - m) * fill``.
+        destroyed: ``[B]`` its probability on ``(1 - m) * x + m * fill``.
+        real: ``[B]`` True where the selected class is present; a *fake* (absent) class keeps only the area
+            and smoothness terms, which train its mask to be empty.
+        weights: the coefficients.
+
+    Returns:
+        ``loss`` and the terms ``tv``, ``area``, ``preserve``, ``destroy`` (unweighted); 0, never NaN, for a
+        batch of fakes only.
+    """
+    real = real.to(masks.dtype)
+    area = masks.flatten(1).mean(1).clamp(min=1e-6).pow(weights.area_power)
+    preserve = -preserved.clamp(min=1e-6).log() * real
+    destroy = destroyed.clamp(min=1e-6).pow(weights.destroy_power) * real
+    terms = {
+        "tv": total_variation(masks),
+        "area": area.mean(),
+        "preserve": preserve.mean(),
+        "destroy": destroy.mean(),
+    }
+    loss = sum(getattr(weights, name) * value for name, value in terms.items())
+    return {"loss": loss, **terms}

@@ -10,6 +10,7 @@ Importing this package registers every method with :func:`build_method`:
 * ``extremal``: extremal perturbations (:mod:`explainer.methods.extremal`);
 * ``centre``, ``uniform``, ``oracle``: references that ignore the classifier (:mod:`explainer.methods.trivial`);
 * ``explainer``: a trained Explainer (:mod:`explainer.methods.learned`);
+* ``fastshap``: a trained FastSHAP network, Shapley values of grid cells (:mod:`explainer.methods.fastshap`);
 * ``smooth``: any method followed by Gaussian smoothing (:mod:`explainer.methods.smoothing`).
 """
 
@@ -27,6 +28,7 @@ from explainer.methods.base import (
 from explainer.methods.cam import GradCAM, GradCAMPlusPlus
 from explainer.methods.common import default_cam_layer, layer_by_role
 from explainer.methods.extremal import BlurPyramid, ExtremalPerturbation, SmoothMask
+from explainer.methods.fastshap import FastSHAPAttribution  # noqa: F401  (registers "fastshap")
 from explainer.methods.fido import BBMP, FIDO
 from explainer.methods.gradients import Gradient, GuidedBackprop, InputXGradient, IntegratedGradients
 from explainer.methods.infill import (
@@ -37,7 +39,10 @@ from explainer.methods.infill import (
     RandomInfill,
     build_infill,
 )
-from explainer.methods.learned import ExplainerAttribution  # noqa: F401  (registers "explainer")
+from explainer.methods.learned import (  # noqa: F401  (registers "explainer", "rtsal")
+    ExplainerAttribution,
+    RealTimeSaliencyAttribution,
+)
 from explainer.methods.prototypes import PrototypeAttribution  # noqa: F401  (registers "prototypes")
 from explainer.methods.rise import RISE, rise_masks
 from explainer.methods.smoothing import SmoothedMethod, gaussian_smooth

@@ -35,7 +35,7 @@ class ExplainerAttribution(AttributionMethod):
     ) -> None:
         super().__init__(classifier)
         if (path is None) == (model is None):
-            raise ValueError("the 'explainer' method needs exactly one of path=<export folder or .ckpt> or model=")
+            raise ValueError(f"the '{self.name}' method needs exactly one of path=<export folder or .ckpt> or model=")
         if model is None:
             model = load(path)
         self.model = model.eval()
@@ -51,3 +51,12 @@ class ExplainerAttribution(AttributionMethod):
                 "wrapped classifier (configs/quickstart/explainer_difull.yaml)"
             )
         return gather_classes(masks, classes)
+
+
+@register_method
+class RealTimeSaliencyAttribution(ExplainerAttribution):
+    """Masks of a trained real-time saliency model (Dabkowski & Gal, 2017;
+    :class:`~explainer.modules.rtsal.RealTimeSaliencyModule`), from its export folder or checkpoint: the encoder
+    runs once per image, the class-selected decoder once per class."""
+
+    name = "rtsal"

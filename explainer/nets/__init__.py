@@ -6,5 +6,7 @@ from explainer.nets.masknets import (
     register_mask_net,
     transfer_class_heads,
 )
+from explainer.nets.selector import SelectorUNetMaskNet  # registers "selector_unet"
 
-__all__ = ["available_mask_nets", "build_mask_net", "register_mask_net", "transfer_class_heads"]
+__all__ = ["SelectorUNetMaskNet", "available_mask_nets", "build_mask_net", "register_mask_net", "transfer_class_heads"]
+from explainer.nets.shapley import ShapleyCellsNet  # noqa: E402,F401  (registers "shapley_cells")

@@ -333,10 +333,13 @@ class ClassifierUNetMaskNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         outs = self._encode(x)
-        skips = [outs[i] for i in self.skip_index]
+        return self._decode([outs[i] for i in self.skip_index], x.shape[-2:])
+
+    def _decode(self, skips: list[Tensor], size: torch.Size) -> Tensor:
+        """Head logits at ``size`` from the encoder's outputs at each resolution (fine to coarse)."""
         y = self.lateral[-1](skips[-1])
         for level in range(len(skips) - 2, -1, -1):
             lateral = self.lateral[level](skips[level])
             y = F.interpolate(y, size=lateral.shape[-2:], mode="bilinear", align_corners=False) + lateral
             y = self.fuse[level](y)
-        return F.interpolate(self.head(y), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return F.interpolate(self.head(y), size=size, mode="bilinear", align_corners=False)
