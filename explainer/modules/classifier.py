@@ -10,8 +10,10 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MultilabelAveragePrecision, MultilabelF1Score
 
 from explainer.classifiers.factory import build_classifier
+from explainer.classifiers.source import load_classifier
 from explainer.data.batch import Batch
 from explainer.losses import classification_loss
+from explainer.losses_fastshap import cell_masks, distillation_loss, uniform_size_sample
 from explainer.modules.guards import SafeLoading, stop_if_not_finite
 from explainer.modules.stage_means import log_mean
 from explainer.ops import random_blob_masks
@@ -38,6 +40,16 @@ class ClassifierModule(SafeLoading, pl.LightningModule):
             of the classifier's architecture that reads masked images in general (``evaluate.py
             --evaluator``).
         mask_area: the range of the share of the image a random mask keeps.
+        teacher: train against a frozen classifier's probabilities on the clean image (soft targets: KL for
+            ``softmax``, per-class Bernoulli cross-entropy for ``sigmoid``) instead of the labels: a
+            ``ClassifierModule`` checkpoint or any classifier spec (:mod:`explainer.classifiers.source`). With
+            ``mask_cells`` this is FastSHAP's surrogate (Jethani et al., 2022): a copy of the classifier's
+            architecture that gives the classifier's expected output when cells are removed
+            (``configs/quickstart/surrogate.yaml``). The teacher is not stored in the checkpoints.
+        mask_cells: remove a random subset of the cells of a ``mask_cells x mask_cells`` grid from every
+            training, validation and test image (the removed pixels at the mean colour, 0 in normalised space):
+            a size uniform on ``0..d`` cells, then a uniform subset of that size. 0: no cell masks.
+        init_from_teacher: start from the teacher's weights (the same architecture), the surrogate's usual start.
     """
 
     def __init__(
@@ -53,14 +65,39 @@ class ClassifierModule(SafeLoading, pl.LightningModule):
         activation: Literal["sigmoid", "softmax"] = "sigmoid",
         random_masks: bool = False,
         mask_area: tuple[float, float] = (0.05, 0.95),
+        teacher: str | dict[str, Any] | None = None,
+        mask_cells: int = 0,
+        init_from_teacher: bool = False,
     ) -> None:
         super().__init__()
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class names given for num_classes={num_classes}")
         if not 0 <= mask_area[0] <= mask_area[1] <= 1:
             raise ValueError(f"mask_area must be a range within [0, 1], got {list(mask_area)}")
+        if mask_cells < 0 or (mask_cells and random_masks):
+            raise ValueError(
+                f"mask_cells={mask_cells}: give a grid side >= 1 (0: none), and not together with random_masks"
+            )
         self.save_hyperparameters()
         self.net = build_classifier(backbone, num_classes, weights)
+        self.teacher = None
+        if teacher is not None:
+            self.teacher = load_classifier(teacher, num_classes=num_classes)
+            if self.teacher.activation != activation:
+                raise ValueError(
+                    f"the teacher '{self.teacher.reference}' gives {self.teacher.activation} probabilities but this "
+                    f"classifier is trained with activation={activation}; set activation: {self.teacher.activation}"
+                )
+            if init_from_teacher:
+                own, given = self.net.state_dict(), self.teacher.net.state_dict()
+                if set(own) != set(given) or any(own[k].shape != given[k].shape for k in own):
+                    raise ValueError(
+                        f"init_from_teacher: the teacher '{self.teacher.reference}' is not a '{backbone}' with "
+                        f"{num_classes} classes; set backbone to the teacher's architecture or init_from_teacher: false"
+                    )
+                self.net.load_state_dict(given)
+        elif init_from_teacher:
+            raise ValueError("init_from_teacher needs a teacher; set teacher: <classifier checkpoint>")
         if freeze_backbone:
             if self.net.features is None:
                 raise ValueError(f"cannot freeze the backbone of opaque classifier '{backbone}'")
@@ -76,6 +113,8 @@ class ClassifierModule(SafeLoading, pl.LightningModule):
 
     def train(self, mode: bool = True) -> ClassifierModule:
         super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()
         if self.hparams.freeze_backbone and self.net.features is not None:
             self.net.features.eval()  # a frozen backbone keeps its BatchNorm statistics
         return self
@@ -89,6 +128,11 @@ class ClassifierModule(SafeLoading, pl.LightningModule):
         if self.hparams.random_masks:  # masked-out pixels take the mean colour: 0 in normalised space
             masks = random_blob_masks(len(images), tuple(images.shape[-2:]), tuple(self.hparams.mask_area))
             images = images * masks.to(device=images.device, dtype=images.dtype)
+        clean = images
+        if self.hparams.mask_cells:  # removed cells at the mean colour: 0 in normalised space
+            g = int(self.hparams.mask_cells)
+            keep = cell_masks(uniform_size_sample(len(images), g * g), g, images.shape[-2:])
+            images = images * keep.to(device=images.device, dtype=images.dtype)
         logits = self(images)
         if logits.shape != batch.labels.shape:
             raise ValueError(
@@ -96,7 +140,15 @@ class ClassifierModule(SafeLoading, pl.LightningModule):
                 f"{tuple(batch.labels.shape)}: class-count mismatch between the model "
                 f"({logits.shape[-1]}) and the data module ({batch.labels.shape[-1]})"
             )
-        loss = classification_loss(logits, batch.labels, self.hparams.activation)
+        if self.teacher is not None:
+            with torch.no_grad():
+                teacher_logits = self.teacher(clean)
+            soft = (
+                torch.softmax(teacher_logits, 1) if self.hparams.activation == "softmax" else teacher_logits.sigmoid()
+            )
+            loss = distillation_loss(logits, soft, self.hparams.activation)
+        else:
+            loss = classification_loss(logits, batch.labels, self.hparams.activation)
         log_mean(self, f"{stage}/loss", loss, len(batch), prog_bar=True)
         if stage != "train":
             metrics = self.val_metrics if stage == "val" else self.test_metrics
@@ -132,7 +184,14 @@ class ClassifierModule(SafeLoading, pl.LightningModule):
             scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # the teacher is stored by reference (hyper-parameter ``teacher``), not by its weights
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("teacher.")}
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.teacher is not None:
+            for key, value in self.teacher.state_dict().items():
+                checkpoint["state_dict"].setdefault(f"teacher.{key}", value)
         stored = checkpoint.get("hyper_parameters", {}).get("num_classes")
         if stored is not None and int(stored) != int(self.hparams.num_classes):
             raise ValueError(
