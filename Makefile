@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Tests and the demo never reach the network: wandb logs offline unless told otherwise.
 export WANDB_MODE ?= offline
 
-.PHONY: setup demo test test-all docs-check lint clean
+.PHONY: setup demo demo-family test test-all docs-check lint clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,9 @@ setup: $(STAMP)  ## create .venv and install the package with its extras
 
 demo: $(STAMP)  ## the main job on the embedded digit-scenes data
 	$(PY) -m explainer.demo
+
+demo-family: $(STAMP)  ## after `make demo`: real-time saliency, FastSHAP and the learned in-filler beside the Explainer
+	$(PY) -m explainer.demo_family
 
 test: $(STAMP)  ## the fast test suite (exit code 5, "no tests collected", counts as a failure)
 	@$(PY) -m pytest -q; rc=$$?; \

@@ -58,24 +58,26 @@ def train_classifier(out: Path, extra: list[str]) -> dict[str, Any]:
     }
 
 
-def train_explainer(out: Path, classifier: str, extra: list[str]) -> dict[str, Any]:
-    """Fits the quickstart Explainer; its ExportExplainer callback writes ``out/explainer``."""
+def train_learned(
+    out: Path, classifier: str, extra: list[str], config: str = "explainer.yaml", name: str = "explainer"
+) -> dict[str, Any]:
+    """Fits a learned explainer from a quickstart config; its ExportExplainer callback writes ``out/<name>``."""
     cli = make_cli(
         [
             "fit",
             "--config",
-            str(CONFIGS / "explainer.yaml"),
+            str(CONFIGS / config),
             "--model.init_args.classifier",
             classifier,
             # the last callback of the config is the ExportExplainer: export into --out
             "--trainer.callbacks.init_args.folder",
-            str(out / "explainer"),
+            str(out / name),
             *extra,
         ]
     )
     exported = [c.exported for c in cli.trainer.callbacks if isinstance(c, ExportExplainer) and c.exported]
     if not exported:
-        raise RuntimeError("the Explainer run exported nothing; see the log above")
+        raise RuntimeError(f"the {name} run exported nothing; see the log above")
     results = cli.trainer.validate(
         cli.model,
         datamodule=cli.datamodule,
@@ -91,6 +93,11 @@ def train_explainer(out: Path, classifier: str, extra: list[str]) -> dict[str, A
         "datamodule": cli.datamodule,
         "classifier": cli.model.classifier,
     }
+
+
+def train_explainer(out: Path, classifier: str, extra: list[str]) -> dict[str, Any]:
+    """Fits the quickstart Explainer; its ExportExplainer callback writes ``out/explainer``."""
+    return train_learned(out, classifier, extra)
 
 
 # the demo's references and baselines, every registered one, with settings reduced where the defaults are too
@@ -123,10 +130,14 @@ def evaluate_quickstart(
     limit: int,
     baselines: bool,
     baseline_limit: int = 32,
+    learned: dict[str, Path] | None = None,
+    extra_runs: dict[str, tuple[str, dict[str, Any]]] | None = None,
 ) -> list[dict[str, Any]]:
-    """Evaluates the Explainer and the references on ``limit`` test images and the slower baselines on the
-    first ``baseline_limit`` of them (without the class-specificity test, which needs every class's map);
-    writes results and pictures through the same engine as ``evaluate.py``."""
+    """Evaluates the Explainer (and the other ``learned`` explainers, method name -> export folder) and the
+    references on ``limit`` test images and the slower baselines on the first ``baseline_limit`` of them
+    (without the class-specificity test, which needs every class's map); ``extra_runs`` adds labelled runs of
+    a method with other options (label -> (method, options)). Writes results and pictures through the same
+    engine as ``evaluate.py``."""
     import lightning.pytorch as pl
 
     step = datamodule.image_size * 4
@@ -135,10 +146,15 @@ def evaluate_quickstart(
         limit=baseline_limit, insertion_step=step, metrics=[m for m in full.metrics if m != "class_specificity"]
     )
     names = {"explainer": {"path": str(explainer_dir)}}
+    names.update({name: {"path": str(folder)} for name, folder in (learned or {}).items()})
     names.update(DEMO_METHODS if baselines else {"centre": {}, "uniform": {}})
     plan = [
         MethodRun(name, name, options, full if method_class(name).cost in FULL_COSTS else light)
         for name, options in names.items()
+    ]
+    plan += [
+        MethodRun(label, name, options, full if method_class(name).cost in FULL_COSTS else light)
+        for label, (name, options) in (extra_runs or {}).items()
     ]
     trainer = pl.Trainer(
         accelerator="auto",

@@ -19,6 +19,7 @@ MORE = [
     "explainer.viz",
     "explainer.callbacks",
     "explainer.demo",
+    "explainer.demo_family",
 ]
 
 

@@ -26,7 +26,7 @@ LAYERS = [
     ["explainer.methods", "explainer.metrics"],
     ["explainer.modules"],
     ["explainer.callbacks", "explainer.evaluation"],
-    ["explainer.cli", "explainer.evaluation.cli", "explainer.demo", "explainer.api"],
+    ["explainer.cli", "explainer.evaluation.cli", "explainer.demo", "explainer.demo_family", "explainer.api"],
 ]
 
 
