@@ -362,3 +362,25 @@ def test_fastshap_method_refuses_a_mask_export(classifier_ckpt, tmp_path):
     folder = export_explainer(explainer, tmp_path / "explainer")
     with pytest.raises(ValueError, match="maps are masks, not values"):
         build_method("fastshap", path=str(folder))
+
+
+@pytest.mark.slow
+def test_quickstart_configs_train_and_export_through_the_cli(in_tmp, repo, tiny_digits_args):
+    """surrogate.yaml then fastshap.yaml through train.py's CLI (data shrunk): the export records the grid."""
+    import json
+    import shutil
+
+    from explainer.cli import make_cli
+
+    (in_tmp / "checkpoints" / "quickstart").mkdir(parents=True)
+    write_classifier_checkpoint(in_tmp, backbone="digitnet")
+    shutil.move(in_tmp / "classifier-10.ckpt", in_tmp / "checkpoints" / "quickstart" / "classifier.ckpt")
+    shrink = [*tiny_digits_args, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2"]
+    make_cli(["fit", "--config", str(repo / "configs/quickstart/surrogate.yaml"), *shrink])
+    assert (in_tmp / "checkpoints/quickstart/surrogate.ckpt").is_file()
+    make_cli(
+        ["fit", "--config", str(repo / "configs/quickstart/fastshap.yaml"), *shrink, "--model.init_args.grid", "4"]
+    )
+    config = json.loads((in_tmp / "checkpoints/quickstart/fastshap/config.json").read_text())
+    assert config["mask_net"]["kwargs"]["grid"] == 4 and config["fastshap"]["grid"] == 4
+    assert load(in_tmp / "checkpoints/quickstart/fastshap").explain(torch.zeros(1, 3, 32, 32)).shape == (1, 10, 32, 32)

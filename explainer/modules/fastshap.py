@@ -136,6 +136,8 @@ class FastSHAPModule(LearnedExplainerModule):
             encoder_from_classifier=encoder_from_classifier,
             classifier_hash=classifier_hash,
         )
+        self.hparams.mask_net_kwargs = mask_net_kwargs  # with the grid (a config's own kwargs may lack it)
+        self.hparams.targets = "all"  # every class is explained (recorded in exports; nothing selects targets)
         self.surrogate = None
         if value_function == "surrogate":
             self.surrogate = load_classifier(surrogate, num_classes=num_classes)
@@ -150,7 +152,7 @@ class FastSHAPModule(LearnedExplainerModule):
     # -- what the base asks of a learned explainer -----------------------------------------------------------
     def build_net(self) -> nn.Module:
         hp = self.hparams
-        net = build_mask_net(hp.mask_net, int(hp.num_classes), **(hp.mask_net_kwargs or {}))
+        net = build_mask_net(hp.mask_net, int(hp.num_classes), **{**(hp.mask_net_kwargs or {}), "grid": int(hp.grid)})
         if not hasattr(net, "cell_values"):
             raise ValueError(f"mask network '{hp.mask_net}' gives no cell values; FastSHAP needs 'shapley_cells'")
         return net
