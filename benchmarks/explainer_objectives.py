@@ -53,6 +53,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "+class_deletion +hard_concrete": {"extra_losses": {"class_deletion": 1.0}, "output": "hard_concrete"},
     "+class_deletion +clipped": {"extra_losses": {"class_deletion": 1.0}, "output": "clipped"},
     "+both class terms +clipped": {"extra_losses": CLASS_TERMS, "output": "clipped"},
+    # FIDO's generative in-fill inside the Explainer's objective (configs/quickstart/infiller.yaml exports it)
+    "+class_deletion +clipped +learned fill": {
+        "extra_losses": {"class_deletion": 1.0},
+        "output": "clipped",
+        "fill": "learned=checkpoints/quickstart/infiller",
+    },
 }
 COLUMNS = {
     "pointing_game.accuracy": "pointing",
@@ -98,13 +104,15 @@ def train_evaluator(args: argparse.Namespace, work: Path) -> str:
 
 
 def variant_overrides(config: str, variant: dict[str, Any]) -> list[str]:
-    """The config's model options with the variant's: its ``extra_losses`` and mask ``output`` (the sigmoid when
-    it names none) replace the config's; the config's other ``mask_net_kwargs`` stay."""
+    """The config's model options with the variant's: its ``extra_losses``, mask ``output`` (the sigmoid when
+    it names none) and ``fill`` (the mean colour when it names none) replace the config's; the config's other
+    ``mask_net_kwargs`` stay."""
     model = yaml.safe_load((REPO / config).read_text())["model"]["init_args"]
     kwargs = {**model.get("mask_net_kwargs", {}), "output": variant.get("output", "sigmoid")}
     return [
         "--model.init_args.extra_losses", json.dumps(variant.get("extra_losses", {})),
         "--model.init_args.mask_net_kwargs", json.dumps(kwargs),
+        "--model.init_args.fill", variant.get("fill", "mean"),
     ]  # fmt: skip
 
 
