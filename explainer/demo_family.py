@@ -34,7 +34,16 @@ LEARNED = ("explainer", "rtsal", "fastshap")
 def train_surrogate(out: Path, classifier: str, extra: list[str]) -> dict[str, Any]:
     """Fits FastSHAP's surrogate for ``classifier``; copies its best checkpoint to ``out/surrogate.ckpt``."""
     cli = make_cli(
-        ["fit", "--config", str(CONFIGS / "surrogate.yaml"), "--model.init_args.teacher", classifier, *extra]
+        [
+            "fit",
+            "--config",
+            str(CONFIGS / "surrogate.yaml"),
+            "--model.init_args.teacher",
+            classifier,
+            "--checkpoint.dirpath",  # the config writes beside the quickstart classifier: here, beside --out's
+            str(out),
+            *extra,
+        ]
     )
     best = cli.trainer.checkpoint_callback.best_model_path
     if not best:
