@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -40,6 +41,8 @@ class ShapleyCellsNet(nn.Module):
         grid: cells per side; it must divide the image height and width.
         body: the registered mask network whose per-class output is averaged over each cell.
         body_kwargs: the body's own options (e.g. ``{"backbone": "digitnet", "width": 32}``).
+        zero_head: start the body's class head at zero, so every value starts at 0 (the body's other layers keep
+            their initialisation, so the head still gets gradients).
 
     Examples::
 
@@ -48,7 +51,12 @@ class ShapleyCellsNet(nn.Module):
     """
 
     def __init__(
-        self, num_classes: int, grid: int = 8, body: str = "classifier_unet", body_kwargs: dict[str, Any] | None = None
+        self,
+        num_classes: int,
+        grid: int = 8,
+        body: str = "classifier_unet",
+        body_kwargs: dict[str, Any] | None = None,
+        zero_head: bool = True,
     ) -> None:
         super().__init__()
         if int(grid) < 1:
@@ -58,6 +66,11 @@ class ShapleyCellsNet(nn.Module):
         self.grid = int(grid)
         self.body = build_mask_net(body, num_classes, **(body_kwargs or {}))
         self.head_prefix = "body." + getattr(self.body, "head_prefix", "")
+        if zero_head:  # values start at 0: the efficiency term starts at |v(1) - v(0)|^2, not at the head's scale
+            head = self.body.get_submodule(self.body.head_prefix.rstrip(".")) if self.body.head_prefix else None
+            for tensor in (getattr(head, "weight", None), getattr(head, "bias", None)):
+                if isinstance(tensor, torch.Tensor):
+                    nn.init.zeros_(tensor)
 
     def init_encoder_from(self, classifier_net: nn.Module) -> None:
         """Starts the body's encoder from the classifier's trained features (``classifier_unet`` bodies).
