@@ -19,6 +19,7 @@ from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from explainer.checkpoint import check_resume_checkpoint
+from explainer.precision import PrecisionOption, resolve_precision
 from explainer.resume import ReproducibleResume, RunCheckpoint
 from explainer.runs import finish_loggers, run_dir
 
@@ -77,8 +78,31 @@ class ExplainerCLI(LightningCLI):
 
     * ``data.num_classes`` and ``data.class_names`` are linked into the model's init args;
     * ``checkpoint.*`` configures the ModelCheckpoint (default: best ``val/loss``);
-    * the default logger is wandb offline (see :func:`default_logger`).
+    * the default logger is wandb offline (see :func:`default_logger`);
+    * ``trainer.precision`` also takes ``auto-mixed`` (bf16-mixed on GPUs with bfloat16, 16-mixed on other GPUs,
+      32-true on CPU; see :mod:`explainer.precision`), resolved before the Trainer is built.
     """
+
+    def add_core_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # LightningCLI's own, with trainer.precision typed to take auto-mixed as well
+        parser.add_class_arguments(
+            self.trainer_class, "trainer", fail_untyped=False, instantiate=False, sub_configs=True, skip={"precision"}
+        )
+        parser.add_argument(
+            "--trainer.precision",
+            type=PrecisionOption,
+            default=None,
+            help="Lightning's precision (32-true, bf16-mixed, 16-mixed, ...), or auto-mixed: bf16-mixed on GPUs "
+            "with bfloat16, 16-mixed on other GPUs, 32-true on CPU",
+        )
+        parser.set_defaults({"trainer." + k: v for k, v in self.trainer_defaults.items() if k != "callbacks"})
+        parser.add_lightning_class_args(self._model_class, "model", subclass_mode=self.subclass_mode_model)
+        parser.add_lightning_class_args(
+            self._datamodule_class,
+            "data",
+            subclass_mode=self.subclass_mode_data,
+            required=self.datamodule_class is not None,
+        )
 
     def _parse_ckpt_path(self) -> None:
         subcommand = self.config.get("subcommand")
@@ -94,6 +118,9 @@ class ExplainerCLI(LightningCLI):
         config = self.config.get(subcommand) if subcommand else self.config
         logger = config.get("trainer", {}).get("logger") if config is not None else None
         init_args = getattr(logger, "init_args", None)
+        trainer = config.get("trainer") if config is not None else None
+        if trainer is not None and trainer.get("precision") is not None:  # auto-mixed as this machine's precision
+            trainer["precision"] = resolve_precision(trainer["precision"])
         model = config.get("model") if config is not None else None
         model_class = str(getattr(model, "class_path", "") or "")
         for key in ("name", "project"):  # CSVLogger's name, WandbLogger's project

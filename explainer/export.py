@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Iterable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from explainer.atomic import check_replaceable, replacing_folder
 from explainer.checkpoint import read_checkpoint
 from explainer.nets.masknets import build_mask_net
 from explainer.ops import IMAGENET_MEAN, IMAGENET_STD, gather_classes
+from explainer.precision import autocast_dtype
 from explainer.trust import loading_from
 from explainer.viz import save_figure
 
@@ -195,13 +197,21 @@ class LoadedExplainer(nn.Module):
         return out
 
     @torch.no_grad()
-    def explain(self, images: Tensor, classes: Tensor | list[int] | list[str] | None = None) -> Tensor:
+    def explain(
+        self,
+        images: Tensor,
+        classes: Tensor | list[int] | list[str] | None = None,
+        precision: str | None = None,
+    ) -> Tensor:
         """Per-class masks in ``[0, 1]`` (or values, for ``map_output: values``) from one forward pass.
 
         Args:
             images: ``[B, 3, H, W]`` normalised images (see ``mean`` / ``std``), or one ``[3, H, W]`` image.
             classes: ``None`` for every class (``[B, C, H, W]``); a list of class indices or names shared by
                 all images (``[B, K, H, W]``); or a ``[B, K]`` index tensor (``-1`` gives a zero mask).
+            precision: ``None`` (float32), ``bf16-mixed`` or ``16-mixed``: the network runs under
+                ``torch.autocast`` on the images' device with that dtype (``auto-mixed``: bf16 on GPUs that
+                have it, fp16 on other GPUs, float32 on CPU, as in training). The maps are returned as float32.
 
         Returns:
             The masks.
@@ -212,9 +222,12 @@ class LoadedExplainer(nn.Module):
                 into the masks, so they are refused rather than returned), or an unknown class.
         """
         images = self._check_images(images)
+        dtype = autocast_dtype(precision, images.device)
         was_training = self.net.training
         self.net.eval()
-        masks = self.maps(images)
+        with torch.autocast(images.device.type, dtype=dtype) if dtype is not None else nullcontext():
+            masks = self.maps(images)
+        masks = masks.float()
         self.net.train(was_training)
         if classes is None:
             return masks

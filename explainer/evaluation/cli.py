@@ -52,6 +52,7 @@ from explainer.evaluation.plan import make_plan, parse_layers, parse_methods
 from explainer.evaluation.results import previous_rows
 from explainer.evaluation.runner import evaluate_plan
 from explainer.evaluation.suite import METRIC_GROUPS, EvaluationSettings, parse_metrics
+from explainer.precision import PrecisionOption, resolve_precision
 from explainer.protocols import PROTOCOLS, GridDataModule, get_protocol, wrap_for_protocol
 
 TRAINER_FORCED = {"inference_mode": False, "use_distributed_sampler": False}
@@ -194,7 +195,10 @@ def device_options(device: str, devices: str | None) -> list[str]:
 
 def _parser_for(out: Path) -> LightningArgumentParser:
     parser = LightningArgumentParser(prog="evaluate.py")
-    parser.add_class_arguments(pl.Trainer, "trainer", fail_untyped=False, instantiate=False, sub_configs=True)
+    parser.add_class_arguments(
+        pl.Trainer, "trainer", fail_untyped=False, instantiate=False, sub_configs=True, skip={"precision"}
+    )
+    parser.add_argument("--trainer.precision", type=PrecisionOption, default=None)  # also auto-mixed
     parser.add_subclass_arguments(pl.LightningDataModule, "data", required=True)
     parser.set_defaults(
         {
@@ -220,6 +224,7 @@ def build_trainer_and_data(data: dict[str, Any], trainer_args: list[str], out: P
     config = parser.parse_args(["--data", json.dumps(data), *trainer_args])
     init = parser.instantiate(config)
     options = {k: v for k, v in dict(init.trainer).items() if k not in TRAINER_FORCED}
+    options["precision"] = resolve_precision(options.get("precision"))
     trainer = pl.Trainer(**options, **TRAINER_FORCED)
     if isinstance(trainer.strategy.launcher, _MultiProcessingLauncher):
         raise ValueError(
