@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
 from explainer.export import load
-from explainer.methods.base import register_method
+from explainer.methods.base import check_classes, register_method
 from explainer.methods.learned import ExplainerAttribution
+from explainer.ops import gather_classes
 
 
 @register_method
@@ -50,3 +52,14 @@ class FastSHAPAttribution(ExplainerAttribution):
                     f"evaluate it with explainer={path}, or give fastshap= a FastSHAP export"
                 )
         super().__init__(classifier, model=model)
+
+    def attribute(self, images: Tensor, classes: Tensor, **kwargs: Any) -> Tensor:
+        check_classes(images, classes)
+        self.model.to(images.device)
+        values = self.model.maps(images) if hasattr(self.model, "maps") else self.model(images)  # values as they are
+        if classes.numel() and int(classes.max()) >= values.shape[1]:
+            raise ValueError(
+                f"the FastSHAP network gives values of {values.shape[1]} classes but class {int(classes.max())} was "
+                "asked for; train FastSHAP against the classifier these classes belong to"
+            )
+        return gather_classes(values, classes)

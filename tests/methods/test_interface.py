@@ -60,6 +60,10 @@ def _options(name: str, net: torch.nn.Module) -> dict:
     """Fast settings, and what a learned method needs: a mask network, a fitted prototype head."""
     if name == "explainer":
         return {"model": build_mask_net("unet", 4, width=4, depth=2)}
+    if name == "fastshap":
+        kwargs = {"grid": 4, "body": "unet", "body_kwargs": {"width": 4, "depth": 2}, "zero_head": False}
+        net = build_mask_net("shapley_cells", 4, **kwargs)
+        return {"model": net.requires_grad_(False)}
     if name == "prototypes":
         weight, bias = pooled_linear_head(net)
         return {"prototypes": PrototypeLayer(4, 2, weight.shape[1], weight=weight, bias=bias)}
@@ -127,6 +131,8 @@ def test_methods_declare_what_they_can_do() -> None:
         "uniform",
         "oracle",
         "explainer",
+        "fastshap",
+        "rtsal",
     }
     assert method_class("gradcam").layer_forms == ("middle", "final")
     assert method_class("explainer").value_option == "path" and method_class("explainer").unit_range
