@@ -22,7 +22,7 @@ LAYERS = [
         "explainer.resume",
     ],
     ["explainer.data", "explainer.classifiers", "explainer.nets", "explainer.losses"],
-    ["explainer.protocols", "explainer.export", "explainer.export_prototypes"],
+    ["explainer.protocols", "explainer.export", "explainer.export_prototypes", "explainer.export_infiller"],
     ["explainer.methods", "explainer.metrics"],
     ["explainer.modules"],
     ["explainer.callbacks", "explainer.evaluation"],

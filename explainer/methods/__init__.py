@@ -43,6 +43,7 @@ from explainer.methods.learned import (  # noqa: F401  (registers "explainer", "
     ExplainerAttribution,
     RealTimeSaliencyAttribution,
 )
+from explainer.methods.learned_infill import LearnedInfill  # registers build_infill("learned=<folder>")
 from explainer.methods.prototypes import PrototypeAttribution  # noqa: F401  (registers "prototypes")
 from explainer.methods.rise import RISE, rise_masks
 from explainer.methods.smoothing import SmoothedMethod, gaussian_smooth
@@ -59,6 +60,7 @@ __all__ = [
     "RISE",
     "AttributionMethod",
     "BlurInfill",
+    "LearnedInfill",
     "BlurPyramid",
     "CentreBaseline",
     "ExtremalPerturbation",

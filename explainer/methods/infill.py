@@ -169,6 +169,10 @@ for _name, _infill in (
 LEARNED_PREFIX = "learned="
 """``learned=<export folder>`` names a learned in-filler (:class:`~explainer.methods.learned_infill.LearnedInfill`)."""
 
+FILE_INFILLS: dict[str, type[Infill]] = {}
+"""In-fillers loaded from a file, by the prefix that names them (``learned=``); each module registers its own
+(:mod:`explainer.methods.learned_infill`, imported with :mod:`explainer.methods`)."""
+
 
 def build_infill(infill: str | Infill) -> Infill:
     """An in-filler by name (``mean``, ``blur``, ``local_mean``, ``random``), a learned in-filler as
@@ -181,7 +185,5 @@ def build_infill(infill: str | Infill) -> Infill:
             raise ValueError(
                 "'learned=' needs an in-filler export folder, e.g. learned=checkpoints/quickstart/infiller"
             )
-        from explainer.methods.learned_infill import LearnedInfill  # its loader is imported when used
-
-        return LearnedInfill(path)
+        return FILE_INFILLS[LEARNED_PREFIX](path)
     return INFILLS.get(infill)()

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from explainer.export_infiller import load_infiller
-from explainer.methods.infill import Infill
+from explainer.methods.infill import FILE_INFILLS, LEARNED_PREFIX, Infill
 
 
 class LearnedInfill(Infill):
@@ -93,5 +93,7 @@ class LearnedInfill(Infill):
         completed = self.net(images.to(param.dtype), keep.to(param.dtype))
         return completed.to(images.dtype)
 
+
+FILE_INFILLS[LEARNED_PREFIX] = LearnedInfill
 
 __all__ = ["LearnedInfill"]
