@@ -34,6 +34,10 @@ def test_the_documented_configs_exist():
             "evaluator",
             "finetune",
             "prototypes",
+            "rtsal",
+            "surrogate",
+            "fastshap",
+            "infiller",
         )
     }
     data = {f"data/{name}.yaml" for name in ("voc2007", "coco2014", "cub", "folder", "digits", "digits_single")}
