@@ -6,9 +6,9 @@ compares with its Explainer export). Stages, each a LightningCLI run of a quicks
   2. FastSHAP's surrogate (``surrogate.yaml``), then FastSHAP (``fastshap.yaml``), exported to
      ``checkpoints/quickstart/fastshap``;
   3. the learned in-filler (``infiller.yaml``), exported to ``checkpoints/quickstart/infiller``;
-  4. every method on the test split: the three learned explainers on ``--limit`` images, the baselines (FIDO
-     with blur and with the learned in-fill among them) on the first 32, written to
-     ``results/family/results.json`` and ``results.md``;
+  4. the three learned explainers and the references on ``--limit`` test images and FIDO with the learned
+     in-fill on the first 32, written to ``results/family/results.json`` and ``results.md``; the other
+     baselines, FIDO with blur among them, are in the main demo's results, on the same images;
 and a summary table. Run ``python -m explainer.demo_family --help`` for options.
 """
 
@@ -73,6 +73,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", default="checkpoints/quickstart", help="the main demo's export folder")
     parser.add_argument("--results", default="results/family", help="evaluation folder")
     parser.add_argument("--limit", type=int, default=200, help="test images evaluated")
+    parser.add_argument(
+        "--no-baselines",
+        action="store_true",
+        default=True,
+        help="skip the baselines the main demo scored on the same images (the default)",
+    )
+    parser.add_argument("--baselines", dest="no_baselines", action="store_false", help="score every baseline again")
     parser.add_argument("--fast", action="store_true", help="a tiny smoke run (1 epoch, few scenes)")
     args = parser.parse_args(argv)
     os.environ.setdefault("WANDB_MODE", "offline")
@@ -119,7 +126,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         rtsal.pop("classifier"),
         Path(args.results),
         args.limit,
-        baselines=True,
+        baselines=not args.no_baselines,
         learned={"rtsal": Path(rtsal["export"]), "fastshap": Path(fastshap["export"])},
         extra_runs={"fido+learned_fill": ("fido", {**fido, "infill": f"learned={infiller['export']}"})},
     )
