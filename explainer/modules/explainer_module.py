@@ -166,7 +166,7 @@ class ExplainerModule(LearnedExplainerModule):
         rows = [self.perturb(images, target_mask, fill), self.perturb(images, 1 - target_mask, fill)]
         sampled = None
         if self.weights.needs_class_rows():  # one present class per image, its two images in the same pass
-            sampled = sample_present_classes(targets)
+            sampled = sample_present_classes(targets, random=self.training)
             class_mask = torch.sigmoid(
                 mask_logits.gather(1, sampled.clamp(min=0).view(-1, 1, 1, 1).expand(-1, 1, *mask_logits.shape[-2:]))
             )

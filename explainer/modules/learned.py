@@ -49,11 +49,18 @@ def build_fill(fill: str, blur_sigma: float = 5.0) -> Infill:
     return build_infill(fill)
 
 
-def sample_present_classes(targets: Tensor) -> Tensor:
-    """``[B]`` one present class per image, uniformly among its present ones (global RNG); ``-1`` for none."""
+def sample_present_classes(targets: Tensor, random: bool = True) -> Tensor:
+    """``[B]`` one present class per image, uniformly among its present ones (global RNG); ``-1`` for none.
+
+    With ``random=False``, the first present class: what validation uses, so its loss does not depend on the
+    random state or on how the images are split between processes.
+    """
     present = (targets > 0).float()
     has = present.sum(1) > 0
-    drawn = torch.multinomial(torch.where(has[:, None], present, torch.ones_like(present)), 1)[:, 0]
+    if random:
+        drawn = torch.multinomial(torch.where(has[:, None], present, torch.ones_like(present)), 1)[:, 0]
+    else:
+        drawn = present.argmax(1)
     return torch.where(has, drawn, torch.full_like(drawn, -1))
 
 

@@ -60,6 +60,8 @@ def _options(name: str, net: torch.nn.Module) -> dict:
     """Fast settings, and what a learned method needs: a mask network, a fitted prototype head."""
     if name == "explainer":
         return {"model": build_mask_net("unet", 4, width=4, depth=2)}
+    if name == "rtsal":
+        return {"model": build_mask_net("selector_unet", 4, backbone="digitnet", width=4, probe_size=32)}
     if name == "fastshap":
         kwargs = {"grid": 4, "body": "unet", "body_kwargs": {"width": 4, "depth": 2}, "zero_head": False}
         net = build_mask_net("shapley_cells", 4, **kwargs)

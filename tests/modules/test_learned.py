@@ -96,3 +96,14 @@ def test_real_time_saliency_with_a_single_label_classifier(classifier_ckpt):
 def test_an_unknown_fill_names_the_choices(classifier_ckpt):
     with pytest.raises(ValueError, match="local_mean"):
         ExplainerModule(str(classifier_ckpt), fill="gan", **MASK_NET)
+
+
+def test_validation_takes_the_first_present_class_whatever_the_random_state():
+    from explainer.modules.learned import sample_present_classes
+
+    targets = torch.tensor([[0, 1, 0, 1], [0, 0, 0, 0], [1, 1, 1, 1]])
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        assert sample_present_classes(targets, random=False).tolist() == [1, -1, 0]
+    drawn = torch.stack([sample_present_classes(targets) for _ in range(200)])
+    assert set(drawn[:, 0].tolist()) == {1, 3} and set(drawn[:, 1].tolist()) == {-1}
