@@ -232,6 +232,7 @@ def test_cell_values_net_is_constant_on_cells_and_refuses_a_grid_that_does_not_d
 
 
 # -- the surrogate ------------------------------------------------------------------------------------------------
+@pytest.mark.slow  # a training run (the default suite keeps to its time budget)
 def test_surrogate_trains_on_cell_masked_images_against_the_teacher(classifier_ckpt, tmp_path):
     module = ClassifierModule(
         backbone="tests.helpers:tiny_net", teacher=str(classifier_ckpt), mask_cells=4, init_from_teacher=True
@@ -264,6 +265,7 @@ def test_surrogate_option_errors(classifier_ckpt):
 
 # -- the module ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("value_function", ["surrogate", "classifier"])
+@pytest.mark.slow  # a training run (the default suite keeps to its time budget)
 def test_module_trains_with_finite_loss_and_only_the_network_moves(
     value_function, classifier_ckpt, surrogate_ckpt, tmp_path
 ):

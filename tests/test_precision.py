@@ -165,6 +165,7 @@ def test_explain_under_bf16_is_close_to_float32(tmp_path):
         model.explain(images, precision="fp8")
 
 
+@pytest.mark.slow  # a training run (the default suite keeps to its time budget)
 def test_evaluate_runs_under_the_precision_it_is_given(tmp_path, repo):
     _, ckpt = write_classifier_checkpoint(tmp_path)
     torch.manual_seed(0)

@@ -53,6 +53,7 @@ def _explainer(ckpt) -> ExplainerModule:
     return ExplainerModule(str(ckpt), **MASK_NET, lr=1e-3)
 
 
+@pytest.mark.slow  # a training run (the default suite keeps to its time budget)
 def test_channels_last_trains_the_explainer_as_without(tmp_path):
     _, ckpt = write_classifier_checkpoint(tmp_path)
     plain, nhwc = _explainer(ckpt), _explainer(ckpt)
@@ -72,6 +73,7 @@ def test_channels_last_trains_the_explainer_as_without(tmp_path):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
 
 
+@pytest.mark.slow  # a training run (the default suite keeps to its time budget)
 def test_compiled_networks_keep_their_keys_and_export(tmp_path):
     _, ckpt = write_classifier_checkpoint(tmp_path)
     module = _explainer(ckpt)
@@ -90,6 +92,7 @@ def test_compiled_networks_keep_their_keys_and_export(tmp_path):
     torch.testing.assert_close(loaded.explain(images), expected, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow  # a training run (the default suite keeps to its time budget)
 def test_classifier_module_trains_channels_last(tmp_path):
     torch.manual_seed(0)
     plain = ClassifierModule(backbone="tests.helpers:tiny_net", num_classes=10)
