@@ -10,7 +10,6 @@ from torch import Tensor, nn
 from explainer.data.batch import Batch
 from explainer.losses import LossWeights, explainer_loss, target_masks
 from explainer.modules.learned import LearnedExplainerModule, sample_present_classes
-from explainer.nets.masknets import build_mask_net
 from explainer.protocols import get_protocol
 
 
@@ -146,7 +145,7 @@ class ExplainerModule(LearnedExplainerModule):
     def build_net(self) -> nn.Module:
         hp = self.hparams
         check_options(self.weights, int(hp.num_classes), hp.mask_net_kwargs or {}, hp.protocol, hp.grid_size)
-        return build_mask_net(hp.mask_net, int(hp.num_classes), **(hp.mask_net_kwargs or {}))
+        return super().build_net()
 
     def term_names(self) -> tuple[str, ...]:
         return ("classification", *self.weights.terms())

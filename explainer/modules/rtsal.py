@@ -18,7 +18,6 @@ from torch import Tensor, nn
 from explainer.data.batch import Batch
 from explainer.losses import SaliencyWeights, real_time_saliency_loss, target_masks
 from explainer.modules.learned import LearnedExplainerModule
-from explainer.nets.masknets import build_mask_net
 
 
 def sample_selection(targets: Tensor, fake_prob: float) -> tuple[Tensor, Tensor]:
@@ -112,10 +111,9 @@ class RealTimeSaliencyModule(LearnedExplainerModule):
 
     def build_net(self) -> nn.Module:
         hp = self.hparams
-        kwargs = dict(hp.mask_net_kwargs or {})
-        if kwargs.get("cells"):
+        if (hp.mask_net_kwargs or {}).get("cells"):
             raise ValueError("mask_net_kwargs.cells (a per-cell prior) applies to the Explainer's per-cell heads only")
-        net = build_mask_net(hp.mask_net, int(hp.num_classes), **kwargs)
+        net = super().build_net()
         if not hasattr(net, "selector"):
             raise ValueError(
                 f"real-time saliency needs a masking model conditioned on a class selector; '{hp.mask_net}' is not "
