@@ -12,6 +12,9 @@ Sections (each written to the JSON as soon as it is measured, so a run stopped e
 * ``explain``: ``explainer.load(folder).explain(images)`` in float32 and in bf16, against the mask network's
   bare forward;
 * ``rise``: RISE with N=4000 masks on the same classifier, per image;
+* ``data_loading``: ``benchmarks/data_loading.py`` on this machine's cores (a VOC tree of 500x375 JPEGs at
+  quality 90, both image decoders, one worker per core up to 16): the loader's images/s beside the training's,
+  and the workers one training run needs (into ``data_loading.json`` next to ``gpu.json``);
 * ``insertion_deletion``: the batched metric (:class:`explainer.metrics.InsertionDeletion`) against the loop
   of one forward pass per step (``per_step`` of ``benchmarks/insertion_deletion.py``), same AUCs.
 
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -61,6 +65,7 @@ from explainer.precision import AUTOCAST_DTYPES, resolve_precision
 REPO = Path(__file__).resolve().parent.parent
 PRESET = REPO / "configs" / "experiment" / "resnet50_voc.yaml"
 NUM_CLASSES = 20
+SECTIONS = ("training", "explain", "rise", "insertion_deletion", "data_loading")
 console = Console()
 
 SIZES = {  # the real check, and the dry run's tiny stand-in
@@ -79,6 +84,7 @@ SIZES = {  # the real check, and the dry run's tiny stand-in
         "insdel_step": 224,
         "insdel_chunk": 256,
         "compile_backend": None,
+        "loader_images": 200,
     },
     "dry_run": {
         "image_size": 64,
@@ -95,6 +101,7 @@ SIZES = {  # the real check, and the dry run's tiny stand-in
         "insdel_step": 256,
         "insdel_chunk": 64,
         "compile_backend": "eager",
+        "loader_images": 24,
     },
 }
 
@@ -376,6 +383,31 @@ def insertion_deletion(args: argparse.Namespace, sizes: dict, device: torch.devi
     save(args, report)
 
 
+def data_loading(args: argparse.Namespace, sizes: dict, report: dict) -> None:
+    """The data modules' loaders on this machine's cores, in a process of their own (``benchmarks/data_loading.py``)."""
+    workers = 2 if args.dry_run else max(1, min(16, os.cpu_count() or 1))
+    out = Path(args.out) / "data_loading.json"
+    command = [sys.executable, "-m", "benchmarks.data_loading", "--images", str(sizes["loader_images"])]
+    command += ["--workers", str(workers), "--out", str(out), "--gpu-json", str(Path(args.out) / "gpu.json")]
+    console.print(f"[bold]data loading[/bold]: {' '.join(command[1:])}")
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=150)
+    if done.returncode != 0 or not out.is_file():
+        report["data_loading"]["rows"].append({"setup": "data loading", "error": done.stderr.strip()[-300:]})
+        save(args, report)
+        return
+    loading = json.loads(out.read_text())
+    for name, row in loading["results"].items():
+        report["data_loading"]["rows"].append(
+            {
+                "setup": name,
+                "workers": workers,
+                "images_per_second": row["steady_img_per_s"],
+                "one_worker_images_per_second": row["one_worker_img_per_s"],
+            }
+        )
+    save(args, report)
+
+
 def gpu_tests(args: argparse.Namespace, report: dict) -> None:
     """Runs the tests marked ``gpu`` (each skips without CUDA; the DDP one without two GPUs)."""
     command = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "tests/test_gpu.py"]
@@ -427,6 +459,17 @@ def ratios(report: dict) -> dict[str, float]:
         out["explain() / RISE, images per second (each at its best precision)"] = fastest / max(
             r["images_per_second"] for r in rise
         )
+    loading = [r for r in report.get("data_loading", {}).get("rows", []) if "images_per_second" in r]
+    voc = [r for r in loading if r["setup"].startswith("VOC2007 train")]
+    if voc and train:
+        best_train = max(r["images_per_second"] for r in train)
+        best_loader = max(voc, key=lambda r: r["images_per_second"])
+        out[f"data loader ({best_loader['setup']}, {best_loader['workers']} workers) / fastest training, images/s"] = (
+            best_loader["images_per_second"] / best_train
+        )
+        out["workers needed for the fastest training, at one worker's images/s"] = best_train / max(
+            r["one_worker_images_per_second"] for r in voc
+        )
     insdel = report["insertion_deletion"]["rows"]
     if len(insdel) == 2:
         out["insertion/deletion: speed-up of the batched metric over one pass per step"] = (
@@ -450,7 +493,7 @@ def markdown(report: dict) -> str:
     if tests:
         lines += [f"Tests marked gpu: `{tests['summary']}` (exit status {tests['returncode']}).", ""]
     lines += ["| section | setup | batch | images/s | peak GiB | notes |", "| --- | --- | ---: | ---: | ---: | --- |"]
-    for section in ("training", "explain", "rise", "insertion_deletion"):
+    for section in SECTIONS:
         for row in report[section]["rows"]:
             ips = row.get("images_per_second")
             mem = row.get("peak_memory_gib")
@@ -463,6 +506,8 @@ def markdown(report: dict) -> str:
                 notes.append(f"{row['seconds_per_image']:.2f} s per image")
             if "perturbed_images" in row:
                 notes.append(f"{row['perturbed_images']} perturbed images in {row['seconds']:.2f} s")
+            if "one_worker_images_per_second" in row:
+                notes.append(f"{row['workers']} workers; one worker {row['one_worker_images_per_second']:.1f} images/s")
             if "error" in row:
                 notes.append(row["error"])
             batch = row.get("batch_size", row.get("images", ""))
@@ -493,7 +538,7 @@ def print_table(report: dict) -> None:
     table = Table(title=f"GPU check on {report['environment']['device']}" + (" (dry run)" if report["dry_run"] else ""))
     for column, justify in (("section", "left"), ("setup", "left"), ("batch", "right"), ("images/s", "right")):
         table.add_column(column, justify=justify)
-    for section in ("training", "explain", "rise", "insertion_deletion"):
+    for section in SECTIONS:
         for row in report[section]["rows"]:
             ips = row.get("images_per_second")
             table.add_row(
@@ -544,6 +589,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "explain": {"rows": []},
         "rise": {"rows": []},
         "insertion_deletion": {"rows": []},
+        "data_loading": {"rows": []},
     }
     start = time.perf_counter()
     if not args.skip_tests:
@@ -551,6 +597,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     training(args, sizes, device, mixed, report)
     explain_and_rise(args, sizes, device, mixed, report)
     insertion_deletion(args, sizes, device, report)
+    data_loading(args, sizes, report)
     compiled_training(args, sizes, device, mixed, report)
     report["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     report["seconds"] = time.perf_counter() - start

@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from explainer.data.batch import Batch, collate
+from explainer.data.files import DECODERS, AnnotatedImageDataset, Decoder
 from explainer.data.loader import SkipReportingLoader
 from explainer.data.sampling import EpochShuffle, ResumableLoader, evaluation_sampler, run_seed
 from explainer.data.transforms import ResizeMode, SampleTransform
@@ -159,7 +160,11 @@ class FileDataModule(ExplainerDataModule):
         resize: ``stretch`` (the published ``Resize((224, 224))``) or ``shorter_crop``.
         augment: random flip, small rotation and colour jitter on the training split.
         skip_corrupt: skip corrupt images (counted in a warning per pass) instead of raising.
-        num_workers: loader worker processes (0 loads in the main process).
+        num_workers: loader worker processes (0 loads in the main process). Each worker decodes and resizes
+            on one core; ``benchmarks/data_loading.py`` gives images per second per worker, so that the number
+            needed to feed a GPU is its images per second divided by that (docs/performance.md).
+        decoder: the JPEG decoder, ``pil`` (Pillow) or ``torchvision`` (``decode_jpeg``, faster per worker;
+            other formats still go through Pillow). Same pixels; see :func:`~explainer.data.files.read_image`.
         **kwargs: the other arguments of :class:`ExplainerDataModule` (``batch_size``, ``pin_memory``,
             ``mean``, ``std``).
     """
@@ -172,16 +177,27 @@ class FileDataModule(ExplainerDataModule):
         augment: bool = False,
         skip_corrupt: bool = False,
         num_workers: int = 4,
+        decoder: Decoder = "pil",
         **kwargs: Any,
     ) -> None:
         super().__init__(num_workers=num_workers, **kwargs)
         if image_size < 1:
             raise ValueError(f"image_size must be >= 1, got {image_size}")
+        if decoder not in DECODERS:
+            raise ValueError(f"decoder='{decoder}' is not an image decoder; expected one of {DECODERS}")
+        self.decoder = decoder
         self.root = root
         self.image_size = image_size
         self.resize = resize
         self.augment = augment
         self.skip_corrupt = skip_corrupt
+
+    def setup(self, stage: str | None = None) -> None:
+        """Builds the stage's datasets (see :meth:`ExplainerDataModule.setup`), each decoding with :attr:`decoder`."""
+        super().setup(stage)
+        for dataset in self.datasets.values():
+            if isinstance(dataset, AnnotatedImageDataset):
+                dataset.decoder = self.decoder
 
     def transform(self, split: str) -> SampleTransform:
         """The transform of ``split``: resize and normalise, with augmentation on ``train`` when asked."""

@@ -38,7 +38,7 @@ from pycocotools import mask as mask_utils
 from torchvision.datasets import CocoDetection
 
 from explainer.data.base import FileDataModule
-from explainer.data.files import AnnotatedImageDataset, DatasetNotFoundError, dataset_error, read_image
+from explainer.data.files import AnnotatedImageDataset, DatasetNotFoundError, dataset_error
 from explainer.data.labels import COCO_CATEGORIES, COCO_CLASSES, COCO_ID_TO_INDEX, multi_hot
 from explainer.data.transforms import RawSample, SampleTransform
 
@@ -151,7 +151,7 @@ class COCO2014Dataset(AnnotatedImageDataset):
                     what=f"listed in instances_{self.image_set}.json but missing",
                 )
             )
-        image = read_image(path)
+        image = self.read(path)
         height, width = image.shape[-2:]
         if (int(info["height"]), int(info["width"])) != (height, width):
             raise ValueError(

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from explainer.data.base import FileDataModule
-from explainer.data.files import AnnotatedImageDataset, DatasetNotFoundError, check_layout, read_image
+from explainer.data.files import AnnotatedImageDataset, DatasetNotFoundError, check_layout
 from explainer.data.transforms import RawSample, SampleTransform
 
 CUB_LAYOUT = """<root>/CUB_200_2011/images.txt                 (<image_id> <class_dir>/<file>.jpg)
@@ -213,7 +213,7 @@ class CUB200Dataset(AnnotatedImageDataset):
 
     def load(self, index: int) -> RawSample:
         ann, image_id = self.annotations, self.ids[index]
-        image = read_image(ann.root / "images" / ann.paths[image_id])
+        image = self.read(ann.root / "images" / ann.paths[image_id])
         cls = ann.classes[image_id]
         labels = torch.zeros(len(ann.class_names))
         labels[cls] = 1.0

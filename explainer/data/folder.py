@@ -50,7 +50,6 @@ from explainer.data.files import (
     DatasetNotFoundError,
     dataset_error,
     label_map_masks,
-    read_image,
     read_label_map,
 )
 from explainer.data.labels import class_lookup, multi_hot
@@ -219,7 +218,7 @@ class FolderDataset(AnnotatedImageDataset):
 
     def load(self, index: int) -> RawSample:
         rec = self.records[index]
-        image = read_image(rec.image)
+        image = self.read(rec.image)
         masks = mask_classes = None
         if rec.mask is not None:
             label_map = read_label_map(rec.mask)

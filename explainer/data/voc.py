@@ -28,7 +28,6 @@ from explainer.data.files import (
     DatasetNotFoundError,
     dataset_error,
     label_map_masks,
-    read_image,
     read_label_map,
 )
 from explainer.data.labels import VOC_CLASSES, VOC_VOID, class_lookup, multi_hot
@@ -181,7 +180,7 @@ class VOC2007Dataset(AnnotatedImageDataset):
         )
 
     def load(self, index: int) -> RawSample:
-        image = read_image(self.images[index])
+        image = self.read(self.images[index])
         boxes, classes, difficult = self.parse_annotation(index)
         labelled = classes if self.difficult_as_labels else classes[~difficult]
         masks = mask_classes = None

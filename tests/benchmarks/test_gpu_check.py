@@ -40,8 +40,20 @@ def test_the_dry_run_measures_every_section_and_writes_both_files(repo, tmp_path
     assert [r["num_masks"] for r in report["rise"]["rows"]] == [100, 100]
     insdel = report["insertion_deletion"]
     assert len(insdel["rows"]) == 2 and insdel["max_auc_difference"] < 1e-3
-    assert len(report["ratios"]) == 4 and all(v > 0 for v in report["ratios"].values())
+    loading = report["data_loading"]["rows"]
+    assert {r["setup"] for r in loading} == {
+        f"{name} [{decoder}]"
+        for name in (
+            "VOC2007 train (labels + boxes)",
+            "VOC2007 test (+ masks on 1/4)",
+            "COCO2014 train (labels + boxes)",
+        )
+        for decoder in ("pil", "torchvision")
+    }
+    assert all(r["images_per_second"] > 0 and r["one_worker_images_per_second"] > 0 for r in loading)
+    assert (tmp_path / "data_loading.json").is_file()
+    assert len(report["ratios"]) == 6 and all(v > 0 for v in report["ratios"].values())
     table = (tmp_path / "gpu.md").read_text()
     assert "dry run" in table and report["environment"]["device"] in table
-    for row in (*training, *report["rise"]["rows"], *insdel["rows"]):
+    for row in (*training, *report["rise"]["rows"], *insdel["rows"], *loading):
         assert f"| {row['setup']} |" in table
