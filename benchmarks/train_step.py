@@ -3,7 +3,8 @@
 The floor is the arithmetic a step cannot avoid, each part timed alone on the same batch:
   * the mask network's forward and backward;
   * the classifier's forward and backward to its input, on the masked and the inverse images (one pass of
-    2B images, as the step runs it).
+    2B images, as the step runs it), and with a per-class term (the quickstart's ``class_deletion``) on the
+    sampled class's kept and removed images too (4B images in the one pass).
 The step is then timed three ways:
   * ``step``: ``ExplainerModule.training_step`` + backward + Adam step in a plain loop (the module's own
     overhead: targets, masks, loss terms, logging calls);
@@ -99,7 +100,8 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         module.mask_net.zero_grad(set_to_none=True)
         module.mask_net(images).sum().backward()
 
-    pair = torch.cat([images, images]).requires_grad_(True)
+    rows = 4 if module.weights.needs_class_rows() else 2  # the rows of the step's one classifier pass
+    pair = torch.cat([images] * rows).requires_grad_(True)
 
     def classifier_pass() -> None:
         pair.grad = None
@@ -138,7 +140,7 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "image_size": int(images.shape[-1]),
         "seconds": {
             "floor_mask_net_fwd_bwd": floor_mask,
-            "floor_classifier_fwd_bwd_2B": floor_classifier,
+            f"floor_classifier_fwd_bwd_{rows}B": floor_classifier,
             "floor": floor,
             "step": step_seconds,
             "fit_per_batch": fit_seconds,

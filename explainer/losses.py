@@ -299,7 +299,8 @@ class SaliencyWeights:
 
     ``tv``, ``area``, ``area_power`` and the preserver : destroyer ratio ``preserve`` : ``destroy`` = 0.3 : 1 are
     the reference implementation's defaults (PiotrDabkowski/pytorch-saliency, ``SaliencyLoss``); the paper asks
-    for a destroyer power ``destroy_power`` below 1, and 0.3 is used here.
+    for a destroyer power ``destroy_power`` below 1, and 0.3 is used here. The area term is the reference's
+    ``mean((m + 0.0005)^area_power)``, the power taken per pixel (see :func:`real_time_saliency_loss`).
     """
 
     tv: float = 0.5
@@ -321,7 +322,12 @@ class SaliencyWeights:
 def real_time_saliency_loss(
     masks: Tensor, preserved: Tensor, destroyed: Tensor, real: Tensor, weights: SaliencyWeights
 ) -> dict[str, Tensor]:
-    """``tv TV(m) + area A(m)^p + preserve (-log f_c(phi(x, m))) + destroy f_c(phi(x, 1 - m))^q``, batch mean.
+    """``tv TV(m) + area A_p(m) + preserve (-log f_c(phi(x, m))) + destroy f_c(phi(x, 1 - m))^q``, batch mean.
+
+    ``A_p(m) = mean((m + 0.0005)^p)``: the paper's ``A(m)^p`` as its reference implementation computes it
+    (``calc_area_loss``), the power of each pixel, not of the mean area. Its gradient is largest on pixels near
+    0 and small on pixels near 1, so it keeps the background empty without pressing on the evidence; the power
+    of the mean presses on every pixel alike and collapses the masks (docs/learned_explainers.md).
 
     Args:
         masks: ``[B, 1, H, W]`` masks in [0, 1] of the selected classes.
@@ -336,7 +342,7 @@ def real_time_saliency_loss(
         batch of fakes only.
     """
     real = real.to(masks.dtype)
-    area = masks.flatten(1).mean(1).clamp(min=1e-6).pow(weights.area_power)
+    area = (masks + 0.0005).pow(weights.area_power).flatten(1).mean(1)
     preserve = -preserved.clamp(min=1e-6).log() * real
     destroy = destroyed.clamp(min=1e-6).pow(weights.destroy_power) * real
     terms = {

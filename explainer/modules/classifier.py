@@ -15,6 +15,7 @@ from explainer.data.batch import Batch
 from explainer.losses import classification_loss
 from explainer.losses_fastshap import cell_masks, distillation_loss, uniform_size_sample
 from explainer.modules.guards import SafeLoading, stop_if_not_finite
+from explainer.modules.schedules import Schedule, with_schedule
 from explainer.modules.stage_means import log_mean
 from explainer.ops import random_blob_masks
 
@@ -61,7 +62,7 @@ class ClassifierModule(SafeLoading, pl.LightningModule):
         freeze_backbone: bool = False,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
-        scheduler: Literal["none", "onecycle", "cosine"] = "none",
+        scheduler: Schedule = "none",
         activation: Literal["sigmoid", "softmax"] = "sigmoid",
         random_masks: bool = False,
         mask_area: tuple[float, float] = (0.05, 0.95),
@@ -175,14 +176,7 @@ class ClassifierModule(SafeLoading, pl.LightningModule):
     def configure_optimizers(self) -> Any:
         params = [p for p in self.parameters() if p.requires_grad]
         optimizer = torch.optim.Adam(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        if self.hparams.scheduler == "none":
-            return optimizer
-        steps = max(1, int(self.trainer.estimated_stepping_batches))
-        if self.hparams.scheduler == "onecycle":
-            scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=self.hparams.lr, total_steps=steps)
-        else:
-            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return with_schedule(optimizer, self.hparams.scheduler, self, self.hparams.lr)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # the teacher is stored by reference (hyper-parameter ``teacher``), not by its weights

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from explainer.data.batch import Batch
 from explainer.losses import LossWeights, explainer_loss, target_masks
 from explainer.modules.learned import LearnedExplainerModule, sample_present_classes
+from explainer.modules.schedules import Schedule
 from explainer.protocols import get_protocol
 
 
@@ -73,8 +74,9 @@ class ExplainerModule(LearnedExplainerModule):
         targets: which classes the target mask covers: ``labels`` (ground truth, as in the paper) or
             ``predictions`` (the classifier's own, for unlabelled images). Metrics record it.
         prediction_threshold: probability above which a class counts as predicted.
-        lr: Adam learning rate.
+        lr: Adam learning rate (the peak rate with ``scheduler="onecycle"``).
         weight_decay: Adam weight decay.
+        scheduler: ``none`` (the paper's constant rate), ``onecycle`` or ``cosine`` over the whole run.
         init_from: fine-tune from an exported Explainer folder or an ``ExplainerModule`` checkpoint; class-head
             rows of classes shared by name are kept, the others re-initialised.
         encoder_from_classifier: start the mask network's encoder from the classifier's trained features
@@ -112,6 +114,7 @@ class ExplainerModule(LearnedExplainerModule):
         prediction_threshold: float = 0.5,
         lr: float = 1e-4,
         weight_decay: float = 0.0,
+        scheduler: Schedule = "none",
         init_from: str | None = None,
         encoder_from_classifier: bool = False,
         classifier_hash: str | None = None,
@@ -135,6 +138,7 @@ class ExplainerModule(LearnedExplainerModule):
             prediction_threshold=prediction_threshold,
             lr=lr,
             weight_decay=weight_decay,
+            scheduler=scheduler,
             init_from=init_from,
             encoder_from_classifier=encoder_from_classifier,
             classifier_hash=classifier_hash,

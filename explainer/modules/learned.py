@@ -33,6 +33,7 @@ from explainer.data.batch import Batch
 from explainer.export import read_mask_net_state
 from explainer.methods.infill import BlurInfill, Infill, build_infill
 from explainer.modules.guards import SafeLoading, stop_if_not_finite
+from explainer.modules.schedules import Schedule, with_schedule
 from explainer.modules.stage_means import log_mean
 from explainer.nets.masknets import build_mask_net, class_head_plan, transfer_class_heads
 from explainer.ops import IMAGENET_MEAN, IMAGENET_STD
@@ -81,6 +82,7 @@ class LearnedExplainerModule(SafeLoading, pl.LightningModule):
         prediction_threshold: probability above which a class counts as predicted.
         lr: Adam learning rate.
         weight_decay: Adam weight decay.
+        scheduler: ``none`` (a constant rate, the papers'), ``onecycle`` or ``cosine`` over the whole run.
         init_from: fine-tune from an export folder or a checkpoint of the same network; class-head rows of
             classes shared by name are kept, the others initialised.
         encoder_from_classifier: start the network's encoder from the classifier's trained features
@@ -107,6 +109,7 @@ class LearnedExplainerModule(SafeLoading, pl.LightningModule):
         prediction_threshold: float = 0.5,
         lr: float = 1e-4,
         weight_decay: float = 0.0,
+        scheduler: Schedule = "none",
         init_from: str | None = None,
         encoder_from_classifier: bool = False,
         classifier_hash: str | None = None,
@@ -295,9 +298,10 @@ class LearnedExplainerModule(SafeLoading, pl.LightningModule):
     def predict_step(self, batch: Batch, batch_idx: int) -> Tensor:
         return self.maps(batch.image)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self) -> Any:
         params = [p for p in self.mask_net.parameters() if p.requires_grad]
-        return torch.optim.Adam(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        optimizer = torch.optim.Adam(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        return with_schedule(optimizer, self.hparams.get("scheduler", "none"), self, self.hparams.lr)
 
     # -- checkpoints hold the explanation network only --------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

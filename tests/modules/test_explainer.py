@@ -218,3 +218,17 @@ def test_an_extra_loss_term_is_trained_logged_and_validated_by_name(classifier_c
     assert "train/loss_inverse_mass" in trainer.logged_metrics
     with pytest.raises(ValueError, match="unknown loss term 'inverse_mas'"):
         ExplainerModule(str(classifier_ckpt), extra_losses={"inverse_mas": 0.5}, **MASK_NET)
+
+
+def test_a_one_cycle_schedule_warms_up_and_anneals_over_the_run(classifier_ckpt, tmp_path):
+    module = ExplainerModule(str(classifier_ckpt), **MASK_NET, lr=1e-2, scheduler="onecycle")
+    rates = []
+
+    class Rates(pl.Callback):
+        def on_train_batch_start(self, trainer, *args):
+            rates.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    _trainer(tmp_path, max_epochs=3, callbacks=[Rates()], limit_val_batches=0).fit(module, datamodule=_dm())
+    assert len(rates) == 6 and rates[0] < 1e-3 and max(rates) > 5e-3 and rates[-1] < max(rates)
+    with pytest.raises(ValueError, match="unknown scheduler 'cyclic'"):
+        ExplainerModule(str(classifier_ckpt), **MASK_NET, scheduler="cyclic").configure_optimizers()

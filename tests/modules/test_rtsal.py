@@ -68,7 +68,12 @@ def test_the_objective_terms_and_a_batch_of_fakes_only():
     expected_preserve = -(torch.log(torch.tensor(0.5)) + torch.log(torch.tensor(0.9))) / 2
     torch.testing.assert_close(out["preserve"], expected_preserve)
     torch.testing.assert_close(out["destroy"], (0.2**0.3 + 0.1**0.3) / torch.tensor(2.0))
-    torch.testing.assert_close(out["area"], torch.tensor(0.25**0.3))
+    torch.testing.assert_close(out["area"], torch.tensor(0.2505**0.3))
+    # the power of each pixel (the reference's calc_area_loss), not of the mean area
+    half = torch.zeros(1, 1, 2, 2)
+    half[..., 0, :] = 1.0
+    area = real_time_saliency_loss(half, torch.ones(1), torch.zeros(1), torch.tensor([True]), w)["area"]
+    torch.testing.assert_close(area, (1.0005**0.3 + 0.0005**0.3) / torch.tensor(2.0))
     assert out["tv"].item() == 0.0
     fakes = real_time_saliency_loss(masks, torch.zeros(2), torch.ones(2), torch.tensor([False, False]), w)
     assert fakes["preserve"].item() == 0.0 and fakes["destroy"].item() == 0.0 and torch.isfinite(fakes["loss"])
