@@ -107,7 +107,9 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         pair.grad = None
         module.classifier(pair).sum().backward()
 
-    optimizer = module.configure_optimizers()
+    optimizer = torch.optim.Adam(
+        [p for p in module.mask_net.parameters() if p.requires_grad], lr=module.hparams.lr
+    )  # the config's schedule needs a Trainer; a constant rate costs the same per step
     module.log = lambda *a, **k: None  # outside a Trainer, logging is a no-op
 
     def step() -> None:

@@ -6,9 +6,10 @@ compares with its Explainer export). Stages, each a LightningCLI run of a quicks
   2. FastSHAP's surrogate (``surrogate.yaml``), then FastSHAP (``fastshap.yaml``), exported to
      ``checkpoints/quickstart/fastshap``;
   3. the learned in-filler (``infiller.yaml``), exported to ``checkpoints/quickstart/infiller``;
-  4. the three learned explainers and the references on ``--limit`` test images and FIDO with the learned
-     in-fill on the first 32, written to ``results/family/results.json`` and ``results.md``; the other
-     baselines, FIDO with blur among them, are in the main demo's results, on the same images;
+  4. the three learned explainers and the references on ``--limit`` test images, and on the first 32 of them
+     the perturbation and optimisation baselines (RISE, BBMP, FIDO with blur and with the learned in-fill,
+     extremal perturbations), written to ``results/family/results.json`` and ``results.md``; the gradient
+     family is in the main demo's results, on the same images;
 and a summary table. Run ``python -m explainer.demo_family --help`` for options.
 """
 
@@ -26,7 +27,7 @@ from rich.table import Table
 
 from explainer.atomic import write_atomic
 from explainer.cli import finish_loggers, make_cli, run_dir
-from explainer.demo import CONFIGS, DEMO_METHODS, _stage, console, evaluate_quickstart, train_learned
+from explainer.demo import BASELINE_SETS, CONFIGS, DEMO_METHODS, _stage, console, evaluate_quickstart, train_learned
 
 LEARNED = ("explainer", "rtsal", "fastshap")
 
@@ -74,12 +75,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--results", default="results/family", help="evaluation folder")
     parser.add_argument("--limit", type=int, default=200, help="test images evaluated")
     parser.add_argument(
-        "--no-baselines",
-        action="store_true",
-        default=True,
-        help="skip the baselines the main demo scored on the same images (the default)",
+        "--baselines",
+        choices=list(BASELINE_SETS),
+        default="slow",
+        help="baselines scored beside the learned explainers: RISE, BBMP, FIDO and extremal perturbations (slow, "
+        "the default; `make demo` scores the gradient family), all, or none",
     )
-    parser.add_argument("--baselines", dest="no_baselines", action="store_false", help="score every baseline again")
     parser.add_argument("--fast", action="store_true", help="a tiny smoke run (1 epoch, few scenes)")
     args = parser.parse_args(argv)
     os.environ.setdefault("WANDB_MODE", "offline")
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         rtsal.pop("classifier"),
         Path(args.results),
         args.limit,
-        baselines=not args.no_baselines,
+        baselines=args.baselines,
         learned={"rtsal": Path(rtsal["export"]), "fastshap": Path(fastshap["export"])},
         extra_runs={"fido+learned_fill": ("fido", {**fido, "infill": f"learned={infiller['export']}"})},
     )
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     table.add_column("method")
     for _, label in metrics:
         table.add_column(label, justify="right")
-    for method in (*LEARNED, "rise", "gradcam", "fido", "fido+learned_fill"):
+    for method in (*LEARNED, "rise", "bbmp", "fido", "fido+learned_fill", "extremal"):
         cells = [value.get((method, metric)) for metric, _ in metrics]
         if any(c is not None for c in cells):
             table.add_row(method, *("-" if c is None else f"{c:.4f}" for c in cells))
