@@ -55,6 +55,8 @@ def train_classifier(out: Path, extra: list[str]) -> dict[str, Any]:
         "run": str(run_dir(cli.trainer)),
         "test/mAP": results["test/mAP"],
         "test/F1": results["test/F1"],
+        # held by the caller: while it lives, later stages reuse its rendered scenes (digit scenes share them)
+        "datamodule": cli.datamodule,
     }
 
 
@@ -224,6 +226,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     summary: dict[str, Any] = {"stages": {}}
     start = _stage("1/4  classifier: train on digit scenes, then test")
     clf = train_classifier(out, extra)
+    classifier_data = clf.pop("datamodule")  # noqa: F841 -- kept alive: the later stages reuse its scenes
     summary["classifier"] = clf
     summary["stages"]["classifier"] = time.perf_counter() - start
 

@@ -18,6 +18,7 @@ import contextlib
 import json
 import multiprocessing as mp
 import os
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache, lru_cache
@@ -247,8 +248,12 @@ def render_scene(
     )
 
 
-_SHARED_SCENES: dict[tuple, dict[int, Scene]] = {}
-"""The rendered scenes of this process, one dict per split and settings (see :class:`DigitScenes`)."""
+class _SceneCache(dict):
+    """Rendered scenes by index (a dict that can be weakly referenced)."""
+
+
+_SHARED_SCENES: weakref.WeakValueDictionary[tuple, _SceneCache] = weakref.WeakValueDictionary()
+"""The rendered scenes of this process, one cache per split and settings, alive while a dataset holds it."""
 
 
 def _render_chunk(args: tuple) -> list[Scene]:
@@ -315,10 +320,10 @@ class DigitScenes(Dataset):
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
         self.cache = cache
         self.transform = transform
-        # every DigitScenes of the same split and settings in this process shares one cache: the demo's
+        # every DigitScenes of the same split and settings alive in this process shares one cache: the demo's
         # Explainer trains on the first scenes of the classifier's training split, rendered once
         key = (split, image_size, seed, self.num_digits, self.digit_scale, max_overlap)
-        self._scenes: dict[int, Scene] = _SHARED_SCENES.setdefault(key, {}) if cache else {}
+        self._scenes: dict[int, Scene] = _SHARED_SCENES.setdefault(key, _SceneCache()) if cache else {}
 
     classes = DIGIT_CLASSES
 

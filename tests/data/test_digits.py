@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 
 import numpy as np
@@ -138,3 +139,7 @@ def test_parallel_rendering_and_the_shared_cache_give_the_same_scenes():
     assert again.scene(5) is parallel.scene(5)
     assert DigitScenes("val", 100, image_size=32, seed=12).scene(5) is not parallel.scene(5)
     assert not DigitScenes("val", 100, image_size=32, seed=11, cache=False)._scenes
+    # the shared scenes go when the last dataset holding them does
+    del serial, parallel, again
+    gc.collect()
+    assert not DigitScenes("val", 100, image_size=32, seed=11)._scenes
