@@ -101,7 +101,7 @@ SIZES = {  # the real check, and the dry run's tiny stand-in
         "insdel_step": 256,
         "insdel_chunk": 64,
         "compile_backend": "eager",
-        "loader_images": 24,
+        "loader_images": 80,  # 3 batches of 32: the steady rate needs more than one
     },
 }
 
