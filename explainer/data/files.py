@@ -16,6 +16,7 @@ Datasets only ever read their folders; nothing in a dataset root is written.
 
 from __future__ import annotations
 
+import io
 import logging
 import warnings
 from collections.abc import Sequence
@@ -104,12 +105,15 @@ def read_image(path: str | Path, decoder: Decoder = "pil") -> torch.Tensor:
     path = Path(path)
     if decoder not in DECODERS:
         raise ValueError(f"unknown image decoder '{decoder}'; expected one of {DECODERS}")
+    source: Path | io.BytesIO = path
     if decoder == "torchvision":
-        image = _decode_jpeg(path)
+        data = _read_bytes(path)
+        image = _decode_jpeg(data)
         if image is not None:
             return image
+        source = io.BytesIO(data)  # Pillow decodes the bytes already read, not the file again
     try:
-        with Image.open(path) as img:
+        with Image.open(source) as img:
             img.load()  # decode now, so that truncation raises here
             array = np.array(img if img.mode == "RGB" else img.convert("RGB"))
     except FileNotFoundError as err:
@@ -119,12 +123,15 @@ def read_image(path: str | Path, decoder: Decoder = "pil") -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1)  # channels-last in memory: the fast path of resize
 
 
-def _decode_jpeg(path: Path) -> torch.Tensor | None:
-    """A complete JPEG decoded by torchvision as channels-last ``[3, H, W]`` uint8; ``None`` for anything else."""
+def _read_bytes(path: Path) -> bytes:
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError as err:
         raise FileNotFoundError(f"image file not found: {path}") from err
+
+
+def _decode_jpeg(data: bytes) -> torch.Tensor | None:
+    """A complete JPEG decoded by torchvision as channels-last ``[3, H, W]`` uint8; ``None`` for anything else."""
     if not data.startswith(_JPEG_START) or not data.rstrip(b"\x00").endswith(_JPEG_END):
         return None  # not a JPEG, or truncated: Pillow decodes it or names the error
     try:
